@@ -1,0 +1,87 @@
+"""MutualNet-Det config keys, all under the MUTUALNET node, and their validation."""
+import math
+
+from detectron2.config import CfgNode as CN
+
+from .width import DEFAULT_WIDTH_RANGE, validate_width, validate_width_range
+
+TRAIN_METHODS = ("mutualnet", "usnet", "single")
+
+
+def add_mutualnet_config(cfg):
+    """Add the MUTUALNET node (with defaults) to a Detectron2 config."""
+    _C = cfg
+    _C.MUTUALNET = CN()
+    # (narrowest, widest) backbone width multiplier the model is trained for; 0 < narrowest <= widest <= 1.
+    _C.MUTUALNET.WIDTH_RANGE = DEFAULT_WIDTH_RANGE
+    # Channel counts at width w are rounded to multiples of this (1 = official MutualNet ResNet).
+    _C.MUTUALNET.CHANNEL_DIVISOR = 8
+
+    _C.MUTUALNET.TRAIN = CN()
+    # "mutualnet": sandwich over width, narrower members on down-scaled inputs;
+    # "usnet": the same widths, all at full resolution; "single": widest width only.
+    _C.MUTUALNET.TRAIN.METHOD = "mutualnet"
+    # Random widths per iteration besides the widest and the narrowest (sandwich rule).
+    _C.MUTUALNET.TRAIN.NUM_RANDOM_WIDTHS = 2
+    # Input scale factors (of the training resize) the non-widest MutualNet members draw from.
+    _C.MUTUALNET.TRAIN.RESOLUTION_SCALES = (1.0, 0.8, 0.6, 0.4)
+    # Inplace distillation: non-widest members also match the widest member's box class
+    # distributions (KL divergence) on its sampled proposals, with this weight.
+    _C.MUTUALNET.TRAIN.INPLACE_DISTILL = False
+    _C.MUTUALNET.TRAIN.DISTILL_WEIGHT = 1.0
+    # Seed of the cohort sequence (iteration i uses seed (SEED, i)); -1: use cfg.SEED, or 0.
+    _C.MUTUALNET.TRAIN.COHORT_SEED = -1
+
+    _C.MUTUALNET.BN_CALIB = CN()
+    # Training batches run (train mode, no gradients) to re-estimate BN statistics per configuration.
+    _C.MUTUALNET.BN_CALIB.NUM_BATCHES = 10
+    # (width, resolution scale) configurations calibrated at the end of training and stored in the
+    # checkpoint's BN stats bank; empty: the TEST widths x scales.
+    _C.MUTUALNET.BN_CALIB.AFTER_TRAIN = True
+
+    _C.MUTUALNET.TEST = CN()
+    # Widths and input scale factors (of the test resize) evaluated by --eval-only (all pairs).
+    _C.MUTUALNET.TEST.WIDTHS = (1.0,)
+    _C.MUTUALNET.TEST.RESOLUTION_SCALES = (1.0,)
+    # Validation images averaged to report GFLOPs per configuration.
+    _C.MUTUALNET.TEST.FLOPS_NUM_IMAGES = 5
+
+
+def _check_scales(key, scales):
+    try:
+        scales = tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key} must be a list of numbers in (0, 1], got {scales!r}") from None
+    if not scales or any(math.isnan(s) or not (0 < s <= 1.0) for s in scales):
+        raise ValueError(f"{key}={scales!r} is invalid: need a non-empty list of scales in (0, 1]")
+    return scales
+
+
+def validate_mutualnet_config(cfg):
+    """Raise ValueError naming the key, the value and what is accepted, before any work starts."""
+    node = cfg.MUTUALNET
+    width_range = validate_width_range(node.WIDTH_RANGE)
+    if node.CHANNEL_DIVISOR < 1:
+        raise ValueError(f"MUTUALNET.CHANNEL_DIVISOR={node.CHANNEL_DIVISOR} must be >= 1")
+    train = node.TRAIN
+    if train.METHOD not in TRAIN_METHODS:
+        raise ValueError(f"MUTUALNET.TRAIN.METHOD={train.METHOD!r} is unknown; accepted: {TRAIN_METHODS}")
+    if train.NUM_RANDOM_WIDTHS < 0:
+        raise ValueError(f"MUTUALNET.TRAIN.NUM_RANDOM_WIDTHS={train.NUM_RANDOM_WIDTHS} must be >= 0")
+    _check_scales("MUTUALNET.TRAIN.RESOLUTION_SCALES", train.RESOLUTION_SCALES)
+    if train.INPLACE_DISTILL and train.METHOD == "single":
+        raise ValueError("MUTUALNET.TRAIN.INPLACE_DISTILL=True needs a widest member to distill from "
+                         "and narrower members to distill into; METHOD='single' has only the widest")
+    if train.DISTILL_WEIGHT < 0:
+        raise ValueError(f"MUTUALNET.TRAIN.DISTILL_WEIGHT={train.DISTILL_WEIGHT} must be >= 0")
+    if node.BN_CALIB.NUM_BATCHES < 1:
+        raise ValueError(f"MUTUALNET.BN_CALIB.NUM_BATCHES={node.BN_CALIB.NUM_BATCHES} must be >= 1")
+    if not node.TEST.WIDTHS:
+        raise ValueError(f"MUTUALNET.TEST.WIDTHS is empty; give widths in {list(width_range)}")
+    for width in node.TEST.WIDTHS:
+        try:
+            validate_width(width, width_range)
+        except ValueError as err:
+            raise ValueError(f"MUTUALNET.TEST.WIDTHS: {err}") from None
+    _check_scales("MUTUALNET.TEST.RESOLUTION_SCALES", node.TEST.RESOLUTION_SCALES)
+    return cfg

@@ -1,0 +1,161 @@
+"""Slimmable layers: Detectron2's layers plus "use the first k channels".
+
+Conv: output channels follow the model width (`ChannelRule`), input channels follow the incoming
+tensor, so a conv never needs to know its predecessor. Norms read their channel count from the
+input, and slice as follows:
+- BatchNorm / SyncBN: one shared affine (weight, bias)[:c] and running statistics [:c] (the full
+  buffers are updated in place through the slice). Statistics that are right for one width are
+  wrong for another: calibrate per (width, resolution scale) with `mutualnet_det.bn_calibration`.
+- FrozenBatchNorm: all four buffers sliced [:c]; nothing to calibrate.
+- GroupNorm: affine [:c]; the number of groups is the configured one when it divides c, otherwise
+  gcd(c, groups), so every width has whole groups (full width is exactly the configured GN).
+Parameter names and shapes are those of the wrapped Detectron2 layers, so checkpoints load as is.
+"""
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from detectron2.layers import Conv2d, FrozenBatchNorm2d, NaiveSyncBatchNorm
+from detectron2.layers.batch_norm import differentiable_all_reduce
+from detectron2.utils import comm
+
+from ..width import ChannelRule, SlimmableLayer
+
+
+class SlimmableConv2d(Conv2d, SlimmableLayer):
+    """Detectron2 `Conv2d` (conv, then optional norm and activation) on a channel slice."""
+
+    def __init__(self, *args, out_rule: ChannelRule = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.groups != 1:
+            raise NotImplementedError("slimmable grouped convolutions are not supported")
+        self.out_rule = out_rule or ChannelRule(self.out_channels)
+        self.set_active_width(1.0)
+
+    def forward(self, x):
+        out_channels, in_channels = self.active_out_channels, x.shape[1]
+        weight = self.weight
+        if out_channels != weight.shape[0] or in_channels != weight.shape[1]:
+            weight = weight[:out_channels, :in_channels]
+        bias = self.bias[:out_channels] if self.bias is not None else None
+        x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+
+class SlimmableBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm over the first c = input channels of shared affine and running statistics."""
+
+    def forward(self, x):
+        channels = x.shape[1]
+        if channels == self.num_features:
+            return super().forward(x)
+        momentum = self.momentum
+        if self.training and self.track_running_stats and momentum is None:
+            self.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(self.num_batches_tracked)  # cumulative average (calibration)
+        use_batch_stats = self.training or not self.track_running_stats
+        return F.batch_norm(
+            x,
+            self.running_mean[:channels] if self.track_running_stats else None,
+            self.running_var[:channels] if self.track_running_stats else None,
+            self.weight[:channels] if self.affine else None,
+            self.bias[:channels] if self.affine else None,
+            use_batch_stats,
+            momentum if momentum is not None else 0.0,
+            self.eps,
+        )
+
+
+class SlimmableSyncBatchNorm(SlimmableBatchNorm2d):
+    """SyncBN (statistics averaged over all ranks, as Detectron2's NaiveSyncBatchNorm) on a slice."""
+
+    def forward(self, x):
+        if comm.get_world_size() == 1 or not self.training:
+            return super().forward(x)
+        channels = x.shape[1]
+        mean = x.mean(dim=[0, 2, 3])
+        meansqr = (x * x).mean(dim=[0, 2, 3])
+        vec = differentiable_all_reduce(torch.cat([mean, meansqr])) * (1.0 / dist.get_world_size())
+        mean, meansqr = torch.split(vec, channels)
+        var = meansqr - mean * mean
+        scale = self.weight[:channels] * torch.rsqrt(var + self.eps)
+        shift = self.bias[:channels] - mean * scale
+        momentum = self.momentum if self.momentum is not None else 0.1
+        with torch.no_grad():
+            self.running_mean[:channels] += momentum * (mean.detach() - self.running_mean[:channels])
+            self.running_var[:channels] += momentum * (var.detach() - self.running_var[:channels])
+        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+
+
+class SlimmableFrozenBatchNorm2d(FrozenBatchNorm2d):
+    """Detectron2's FrozenBatchNorm2d with all four buffers sliced to the input channels."""
+
+    def forward(self, x):
+        channels = x.shape[1]
+        if channels == self.num_features:
+            return super().forward(x)
+        scale = self.weight[:channels] * (self.running_var[:channels] + self.eps).rsqrt()
+        shift = self.bias[:channels] - self.running_mean[:channels] * scale
+        return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + shift.reshape(1, -1, 1, 1).to(x.dtype)
+
+
+class SlimmableGroupNorm(nn.GroupNorm):
+    """GroupNorm on a channel slice; keeps the configured groups when they divide the channels."""
+
+    def forward(self, x):
+        channels = x.shape[1]
+        if channels == self.num_channels:
+            return super().forward(x)
+        groups = self.num_groups if channels % self.num_groups == 0 else math.gcd(channels, self.num_groups)
+        return F.group_norm(x, groups, self.weight[:channels], self.bias[:channels], self.eps)
+
+
+def slimmable_norm_like(norm: nn.Module):
+    """A slimmable norm with the same hyper-parameters and state as a Detectron2 norm layer."""
+    if norm is None:
+        return None
+    if isinstance(norm, FrozenBatchNorm2d):
+        slim = SlimmableFrozenBatchNorm2d(norm.num_features, eps=norm.eps)
+    elif isinstance(norm, (nn.SyncBatchNorm, NaiveSyncBatchNorm)):
+        slim = SlimmableSyncBatchNorm(norm.num_features, eps=norm.eps, momentum=norm.momentum)
+    elif isinstance(norm, nn.BatchNorm2d):
+        slim = SlimmableBatchNorm2d(norm.num_features, eps=norm.eps, momentum=norm.momentum)
+    elif isinstance(norm, nn.GroupNorm):
+        slim = SlimmableGroupNorm(norm.num_groups, norm.num_channels, eps=norm.eps)
+    else:
+        raise ValueError(
+            f"norm {type(norm).__name__} has no slimmable version; "
+            "use one of BN, SyncBN, naiveSyncBN, nnSyncBN, FrozenBN, GN or '' (none)"
+        )
+    slim.load_state_dict(norm.state_dict())
+    return slim
+
+
+def slimmable_conv_like(conv: Conv2d, out_rule: ChannelRule) -> SlimmableConv2d:
+    """A SlimmableConv2d with the hyper-parameters, weights, norm and activation of `conv`."""
+    slim = SlimmableConv2d(
+        conv.in_channels,
+        conv.out_channels,
+        kernel_size=conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        norm=slimmable_norm_like(getattr(conv, "norm", None)),
+        activation=getattr(conv, "activation", None),
+        out_rule=out_rule,
+    )
+    with torch.no_grad():
+        slim.weight.copy_(conv.weight)
+        if conv.bias is not None:
+            slim.bias.copy_(conv.bias)
+    for slim_param, param in zip(slim.parameters(), conv.parameters()):
+        slim_param.requires_grad_(param.requires_grad)  # keep Detectron2's FREEZE_AT
+    return slim.to(conv.weight.device)
