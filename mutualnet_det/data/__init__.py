@@ -1,1 +1,3 @@
+from .shapes import ensure_split, register_shapes, SPLITS  # noqa: F401
 
+register_shapes()
