@@ -4,3 +4,4 @@ from .backbone import (  # noqa: F401
     make_fpn_slimmable,
     make_resnet_slimmable,
 )
+from .meta_arch import SlimmableRCNN  # noqa: F401

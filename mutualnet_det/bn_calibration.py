@@ -1,0 +1,140 @@
+"""Batch-norm statistics per (width, resolution scale): calibration and the BN stats bank.
+
+A slimmable network with BN shares one affine per channel across widths, but the running
+statistics of width 1.0 are wrong for width 0.25 (and for another input scale). As US-Net and
+MutualNet do, we re-estimate them after training:
+
+    calibrate_bn(model, batches, width, resolution_scale, num_batches)
+        resets the running mean/var of every BatchNorm layer (FrozenBN has none to reset), runs
+        `num_batches` training batches at that configuration in train mode without gradients,
+        and keeps the cumulative (equally weighted) mean/var, like BN with momentum=None.
+
+The result is stored in the model's `bn_stats_bank` (a child module of the meta-architecture, so
+DetectionCheckpointer saves and loads it with the weights). `use_configuration` sets a width and
+loads that configuration's statistics, calibrating first if the bank lacks them.
+"""
+import logging
+from typing import Dict, Iterator, List, Tuple
+
+import torch
+import torch.nn as nn
+from detectron2.utils.events import EventStorage
+
+from .data.rescale import rescale_batch
+from .width import set_width
+
+logger = logging.getLogger(__name__)
+STATS = ("running_mean", "running_var")
+
+
+def bn_layers(model: nn.Module) -> Dict[str, nn.modules.batchnorm._BatchNorm]:
+    """BatchNorm layers with running statistics (by name); FrozenBN and GN are not among them."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+
+
+def configuration_key(width: float, resolution_scale: float) -> str:
+    return f"w{width:.4f}_s{resolution_scale:.4f}".replace(".", "p")
+
+
+class BNStatsBank(nn.Module):
+    """Running BN statistics of a model, one set per (width, resolution scale).
+
+    State-dict entries: `<key>.<bn layer name>.running_mean|running_var` (key e.g. w0p5000_s1p0000).
+    Entries are kept on the CPU and moved to the layers' device when applied.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.bank: Dict[str, Dict[str, torch.Tensor]] = {}
+
+    def configurations(self) -> List[Tuple[float, float]]:
+        return sorted(self._parse(key) for key in self.bank)
+
+    @staticmethod
+    def _parse(key):
+        width, scale = key[1:].replace("p", ".").split("_s")
+        return float(width), float(scale)
+
+    def __contains__(self, configuration) -> bool:
+        return configuration_key(*configuration) in self.bank
+
+    def store(self, model: nn.Module, width: float, resolution_scale: float) -> None:
+        self.bank[configuration_key(width, resolution_scale)] = {
+            f"{name}.{stat}": getattr(layer, stat).detach().cpu().clone()
+            for name, layer in bn_layers(model).items() for stat in STATS}
+
+    def apply(self, model: nn.Module, width: float, resolution_scale: float) -> bool:
+        """Load a configuration's statistics into the model's BN layers; False if not banked."""
+        entry = self.bank.get(configuration_key(width, resolution_scale))
+        if entry is None:
+            return False
+        for name, layer in bn_layers(model).items():
+            for stat in STATS:
+                getattr(layer, stat).copy_(entry[f"{name}.{stat}"])
+        return True
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        for key, entry in self.bank.items():
+            for name, tensor in entry.items():
+                destination[f"{prefix}{key}.{name}"] = tensor
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        self.bank = {}
+        for full_name, tensor in state_dict.items():
+            if full_name.startswith(prefix):
+                key, name = full_name[len(prefix):].split(".", 1)
+                self.bank.setdefault(key, {})[name] = tensor.detach().cpu().clone()
+
+
+@torch.no_grad()
+def calibrate_bn(model: nn.Module, batches: Iterator, width: float, resolution_scale: float,
+                 num_batches: int) -> bool:
+    """Re-estimate BN statistics at (width, resolution_scale) from `num_batches` training batches
+    (Detectron2 training inputs with ground truth) and store them in `model.bn_stats_bank`.
+    The model's width is left at `width`. Returns False when the model has no BN to calibrate."""
+    layers = bn_layers(model)
+    set_width(model, width)
+    if not layers:
+        return False
+    momenta = {name: layer.momentum for name, layer in layers.items()}
+    was_training = model.training
+    for layer in layers.values():
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    try:
+        with EventStorage():  # the ROI heads log to an EventStorage; keep it out of training's
+            for _ in range(num_batches):
+                model(rescale_batch(next(batches), resolution_scale))
+    finally:
+        for name, layer in layers.items():
+            layer.momentum = momenta[name]
+        model.train(was_training)
+    model.bn_stats_bank.store(model, width, resolution_scale)
+    return True
+
+
+def use_configuration(model: nn.Module, width: float, resolution_scale: float = 1.0,
+                      calibration_batches: Iterator = None, num_batches: int = 10) -> str:
+    """Set `width` and the BN statistics for (width, resolution_scale).
+
+    Returns how the statistics were obtained: "bank", "calibrated", or "none-needed" (no BN).
+    Without `calibration_batches`, a configuration missing from the bank is an error.
+    """
+    set_width(model, width)
+    if not bn_layers(model):
+        return "none-needed"
+    bank = getattr(model, "bn_stats_bank", None)
+    if bank is not None and bank.apply(model, width, resolution_scale):
+        return "bank"
+    if calibration_batches is None:
+        raise ValueError(
+            f"No calibrated BN statistics for width {width}, resolution scale {resolution_scale} in "
+            f"this checkpoint (banked: {bank.configurations() if bank is not None else []}), and no "
+            "training data was given to calibrate them (DATASETS.TRAIN)")
+    logger.info(f"BN stats bank has no entry for width {width}, scale {resolution_scale}: calibrating "
+                f"on {num_batches} training batches")
+    calibrate_bn(model, calibration_batches, width, resolution_scale, num_batches)
+    return "calibrated"

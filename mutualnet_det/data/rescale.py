@@ -1,0 +1,75 @@
+"""Input rescaling, in one place: a batch of mapped Detectron2 inputs at another resolution.
+
+MutualNet trains narrow members on down-scaled inputs. Images are resized bilinearly; boxes,
+polygon or bitmap masks and image sizes follow with the same per-axis factors, so ground truth
+stays aligned with pixels. Size divisibility is applied later by the model's own padding.
+"""
+import copy
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
+
+
+def scaled_size(height: int, width: int, scale: float):
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+def rescale_instances(instances: Instances, new_height: int, new_width: int) -> Instances:
+    """Ground truth of an image of instances.image_size resized to (new_height, new_width)."""
+    old_height, old_width = instances.image_size
+    scale_x, scale_y = new_width / old_width, new_height / old_height
+    result = Instances((new_height, new_width))
+    for name, value in instances.get_fields().items():
+        if isinstance(value, Boxes):
+            boxes = value.clone()
+            boxes.scale(scale_x, scale_y)
+            boxes.clip((new_height, new_width))
+            value = boxes
+        elif isinstance(value, PolygonMasks):
+            value = PolygonMasks([[poly * _xy_factors(poly, scale_x, scale_y) for poly in polys]
+                                  for polys in value.polygons])
+        elif isinstance(value, BitMasks):
+            resized = F.interpolate(value.tensor[:, None].float(), size=(new_height, new_width), mode="nearest")
+            value = BitMasks(resized[:, 0] > 0.5)
+        result.set(name, value)
+    return result
+
+
+def _xy_factors(poly, scale_x, scale_y):
+    factors = poly.copy()
+    factors[0::2], factors[1::2] = scale_x, scale_y
+    return factors
+
+
+def rescale_batch(batched_inputs: List[Dict], scale: float) -> List[Dict]:
+    """The same batch with every image (and its ground truth) resized by `scale`.
+
+    Scale 1.0 returns the batch itself. Other keys ("height", "width": the original size that
+    predictions are mapped back to) are kept.
+    """
+    if scale == 1.0:
+        return batched_inputs
+    rescaled = []
+    for item in batched_inputs:
+        image = item["image"]
+        new_height, new_width = scaled_size(image.shape[-2], image.shape[-1], scale)
+        new_item = copy.copy(item)
+        resized = F.interpolate(image[None].float(), size=(new_height, new_width), mode="bilinear",
+                                align_corners=False)[0]
+        new_item["image"] = resized.round().clamp(0, 255).to(image.dtype) if image.dtype == torch.uint8 else resized
+        if "instances" in item:
+            new_item["instances"] = rescale_instances(item["instances"], new_height, new_width)
+        rescaled.append(new_item)
+    return rescaled
+
+
+def scaled_test_cfg(cfg, scale: float):
+    """A copy of `cfg` whose test-time resize (short and long side) is multiplied by `scale`."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.INPUT.MIN_SIZE_TEST = max(1, int(round(cfg.INPUT.MIN_SIZE_TEST * scale)))
+    cfg.INPUT.MAX_SIZE_TEST = max(1, int(round(cfg.INPUT.MAX_SIZE_TEST * scale)))
+    cfg.freeze()
+    return cfg

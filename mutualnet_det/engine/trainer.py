@@ -1,0 +1,97 @@
+"""`MutualNetTrainer`: Detectron2's DefaultTrainer with the sandwich step, BN calibration after
+training, and a width sweep as its evaluation."""
+import functools
+import logging
+
+from detectron2.engine import DefaultTrainer, HookBase, hooks
+from detectron2.utils import comm
+
+from ..bn_calibration import calibrate_bn
+from ..config import validate_mutualnet_config
+from ..evaluation.width_sweep import build_evaluator, run_width_sweep, sweep_configurations
+from ..width import set_width
+from .cohort import sample_cohort
+from .sandwich_trainer import SandwichTrainer, unwrap
+
+logger = logging.getLogger(__name__)
+
+
+def cohort_seed(cfg) -> int:
+    if cfg.MUTUALNET.TRAIN.COHORT_SEED >= 0:
+        return cfg.MUTUALNET.TRAIN.COHORT_SEED
+    return cfg.SEED if cfg.SEED >= 0 else 0
+
+
+def cohort_sampler(cfg):
+    """iteration -> cohort, as configured (same on every rank, same after resume)."""
+    train = cfg.MUTUALNET.TRAIN
+    return functools.partial(sample_cohort, train.METHOD, tuple(cfg.MUTUALNET.WIDTH_RANGE),
+                             train.NUM_RANDOM_WIDTHS, tuple(train.RESOLUTION_SCALES), cohort_seed(cfg))
+
+
+class BNCalibrationHook(HookBase):
+    """After the last iteration (before the final checkpoint), calibrate BN statistics for every
+    MUTUALNET.TEST configuration and store them in the model's BN stats bank."""
+
+    def __init__(self, cfg, batches):
+        self.cfg = cfg
+        self.batches = batches
+
+    def after_step(self):
+        if self.trainer.iter + 1 < self.trainer.max_iter or not self.cfg.MUTUALNET.BN_CALIB.AFTER_TRAIN:
+            return
+        model = unwrap(self.trainer.model)
+        for width, scale in sweep_configurations(self.cfg):
+            if calibrate_bn(model, self.batches(), width, scale, self.cfg.MUTUALNET.BN_CALIB.NUM_BATCHES):
+                logger.info(f"Calibrated BN statistics for width {width}, resolution scale {scale}")
+        set_width(model, self.cfg.MUTUALNET.WIDTH_RANGE[1])
+
+
+class MutualNetTrainer(DefaultTrainer):
+    def __init__(self, cfg):
+        validate_mutualnet_config(cfg)
+        super().__init__(cfg)
+        plain = self._trainer
+        distill_weight = cfg.MUTUALNET.TRAIN.DISTILL_WEIGHT if cfg.MUTUALNET.TRAIN.INPLACE_DISTILL else 0.0
+        self._trainer = SandwichTrainer(plain.model, plain.data_loader, plain.optimizer,
+                                        cohort_of=cohort_sampler(cfg), distill_weight=distill_weight)
+
+    def build_hooks(self):
+        hook_list = super().build_hooks()
+        calibration = BNCalibrationHook(self.cfg, lambda: self._trainer._data_loader_iter)
+        position = next((i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicCheckpointer)),
+                        len(hook_list))
+        hook_list.insert(position, calibration)  # the final checkpoint then holds the bank
+        return hook_list
+
+    @classmethod
+    def build_model(cls, cfg):
+        validate_mutualnet_config(cfg)
+        return super().build_model(cfg)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Width sweep over MUTUALNET.TEST.{WIDTHS, RESOLUTION_SCALES} on DATASETS.TEST.
+
+        Returns {"<dataset>/w<width>_s<scale>": {"bbox": ..., "segm": ...}} for Detectron2's hooks.
+        """
+        module = unwrap(model)
+        widest = module.backbone.width_range[1] if hasattr(module.backbone, "width_range") else 1.0
+
+        def calibration_batches():
+            return iter(cls.build_train_loader(cfg))
+
+        records = run_width_sweep(cfg, module, calibration_batches)
+        set_width(module, widest)
+        results = {}
+        for dataset_name, dataset_records in records.items():
+            for r in dataset_records:
+                key = f"{dataset_name}/w{r['width']:g}_s{r['resolution_scale']:g}"
+                results[key] = {t: r[t] for t in ("bbox", "segm") if t in r}
+        if comm.is_main_process():
+            logger.info(f"Evaluated {len(results)} configurations")
+        return results

@@ -1,0 +1,101 @@
+"""Evaluate a slimmable model at every (width, resolution scale) of MUTUALNET.TEST.
+
+For each configuration: set the width and its calibrated BN statistics (calibrating first when
+the checkpoint's bank lacks them), rescale the test inputs, run Detectron2's COCOEvaluator, and
+measure GFLOPs and parameters used. Results go to
+OUTPUT_DIR/inference/<dataset>/width_sweep.{json,csv}.
+"""
+import csv
+import itertools
+import json
+import logging
+import os
+from typing import Callable, Dict, List
+
+from detectron2.data import DatasetCatalog, build_detection_test_loader
+from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+from detectron2.utils import comm
+from tabulate import tabulate
+from tqdm import tqdm
+
+from ..bn_calibration import use_configuration
+from ..data.rescale import scaled_test_cfg
+from ..flops import configuration_cost
+
+logger = logging.getLogger(__name__)
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def sweep_configurations(cfg):
+    """All (width, resolution scale) pairs, widest and largest first."""
+    widths = sorted({float(w) for w in cfg.MUTUALNET.TEST.WIDTHS}, reverse=True)
+    scales = sorted({float(s) for s in cfg.MUTUALNET.TEST.RESOLUTION_SCALES}, reverse=True)
+    return list(itertools.product(widths, scales))
+
+
+def build_evaluator(cfg, dataset_name, output_folder=None):
+    DatasetCatalog.get(dataset_name)  # generate the embedded dataset (and its json) if needed
+    tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+    return COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
+
+
+def evaluate_configuration(cfg, model, dataset_name, width, scale, calibration_batches: Callable = None) -> Dict:
+    """One sweep record: COCO metrics, GFLOPs and parameters of `model` at (width, scale)."""
+    stats_source = use_configuration(model, width, scale, calibration_batches() if calibration_batches else None,
+                                     cfg.MUTUALNET.BN_CALIB.NUM_BATCHES)
+    scaled_cfg = scaled_test_cfg(cfg, scale)
+    loader = build_detection_test_loader(scaled_cfg, dataset_name)
+    flops_inputs = list(itertools.islice((batch[0] for batch in loader), cfg.MUTUALNET.TEST.FLOPS_NUM_IMAGES))
+    record = {"width": width, "resolution_scale": scale, "bn_stats": stats_source,
+              **configuration_cost(model, flops_inputs)}
+    progress = tqdm(loader, desc=f"{dataset_name} w={width:g} s={scale:g}", leave=False,
+                    disable=not comm.is_main_process())
+    results = inference_on_dataset(model, progress, build_evaluator(cfg, dataset_name))
+    for task in ("bbox", "segm"):
+        if task in results:
+            record[task] = dict(results[task])
+    return record
+
+
+def write_sweep(records: List[Dict], folder: str) -> str:
+    """Write width_sweep.json and width_sweep.csv into `folder`; return the json path."""
+    os.makedirs(folder, exist_ok=True)
+    json_path = os.path.join(folder, "width_sweep.json")
+    with open(json_path, "w") as f:
+        json.dump(records, f, indent=1)
+    columns = ["width", "resolution_scale", "gflops", "gflops_backbone", "params", "bn_stats"]
+    rows = [[r[c] for c in columns] + [r.get(t, {}).get(m) for t in ("bbox", "segm") for m in METRICS]
+            for r in records]
+    with open(os.path.join(folder, "width_sweep.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns + [f"{t}_{m}" for t in ("bbox", "segm") for m in METRICS])
+        writer.writerows(rows)
+    return json_path
+
+
+def format_sweep(records: List[Dict]) -> str:
+    headers = ["width", "scale", "GFLOPs", "GFLOPs bb", "params (M)", "box AP", "APs", "APl", "mask AP", "APs", "APl"]
+    rows = [[r["width"], r["resolution_scale"], r["gflops"], r["gflops_backbone"], r["params"] / 1e6]
+            + [r.get(t, {}).get(m, float("nan")) for t in ("bbox", "segm") for m in ("AP", "APs", "APl")]
+            for r in records]
+    return tabulate(rows, headers=headers, floatfmt=".2f")
+
+
+def run_width_sweep(cfg, model, calibration_batches: Callable = None) -> Dict[str, List[Dict]]:
+    """Sweep every MUTUALNET.TEST configuration on every DATASETS.TEST; returns records per dataset.
+
+    calibration_batches: a callable returning an iterator of training batches, used only for
+    configurations missing from the model's BN stats bank.
+    """
+    all_records = {}
+    configurations = sweep_configurations(cfg)
+    for dataset_name in cfg.DATASETS.TEST:
+        records = []
+        for width, scale in tqdm(configurations, desc=f"width sweep on {dataset_name}",
+                                 disable=not comm.is_main_process()):
+            records.append(evaluate_configuration(cfg, model, dataset_name, width, scale, calibration_batches))
+        if comm.is_main_process():
+            path = write_sweep(records, os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name))
+            logger.info(f"Width sweep on {dataset_name} (written to {path}):\n" + format_sweep(records))
+        all_records[dataset_name] = records
+    return all_records
