@@ -5,6 +5,10 @@ Detectron2 imports it, we register a stand-in module: importing works, `default_
 "no compiled ops", and every compiled-only op (deformable conv, rotated boxes / NMS / ROIAlign,
 Detectron2's C++ COCOeval) raises `CompiledOpUnavailable` naming the op. COCO metrics are computed
 by faster-coco-eval (C++) when installed, otherwise pycocotools; never by the stand-in.
+
+Import `mutualnet_det` before other Detectron2 modules (the tools do). Imported later, it still
+works: Detectron2 has then fallen back to pycocotools for COCOeval (re-pointed here) and to a dummy
+DeformConv that raises ImportError when built.
 """
 import importlib.util
 import logging

@@ -2,8 +2,10 @@
 training, and a width sweep as its evaluation."""
 import functools
 import logging
+import weakref
 
-from detectron2.engine import DefaultTrainer, HookBase, hooks
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import DefaultTrainer, HookBase, TrainerBase, create_ddp_model, hooks
 from detectron2.utils import comm
 
 from ..bn_calibration import calibrate_bn
@@ -48,13 +50,30 @@ class BNCalibrationHook(HookBase):
 
 
 class MutualNetTrainer(DefaultTrainer):
+    """DefaultTrainer whose step is the sandwich step (SandwichTrainer); otherwise Detectron2's."""
+
     def __init__(self, cfg):
+        TrainerBase.__init__(self)
         validate_mutualnet_config(cfg)
-        super().__init__(cfg)
-        plain = self._trainer
+        if cfg.SOLVER.AMP.ENABLED:
+            raise ValueError("SOLVER.AMP.ENABLED=True is not supported by the sandwich step yet; set it False")
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        # DDP takes device_ids only for CUDA models (2-process gloo training on CPU needs None).
+        on_cuda = next(model.parameters()).is_cuda
+        model = create_ddp_model(model, broadcast_buffers=False,
+                                 device_ids=[comm.get_local_rank()] if on_cuda else None)
         distill_weight = cfg.MUTUALNET.TRAIN.DISTILL_WEIGHT if cfg.MUTUALNET.TRAIN.INPLACE_DISTILL else 0.0
-        self._trainer = SandwichTrainer(plain.model, plain.data_loader, plain.optimizer,
-                                        cohort_of=cohort_sampler(cfg), distill_weight=distill_weight)
+        self._trainer = SandwichTrainer(model, data_loader, optimizer, cohort_of=cohort_sampler(cfg),
+                                        distill_weight=distill_weight)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
         hook_list = super().build_hooks()

@@ -1,0 +1,62 @@
+import hashlib
+import json
+import os
+
+import numpy as np
+from detectron2.data import DatasetCatalog
+from pycocotools import mask as mask_util
+
+from mutualnet_det.data.shapes import ShapesSplit, ensure_split, generate_split
+
+SMALL = ShapesSplit("shapes_test_small", num_images=40, seed=7, image_size=256)
+
+
+def digest_tree(root):
+    result = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                result[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return result
+
+
+def test_generation_is_deterministic(tmp_path):
+    generate_split(SMALL, str(tmp_path / "a"))
+    generate_split(SMALL, str(tmp_path / "b"))
+    assert digest_tree(tmp_path / "a") == digest_tree(tmp_path / "b")
+    other = ShapesSplit("shapes_test_small", num_images=40, seed=8)
+    generate_split(other, str(tmp_path / "c"))
+    assert digest_tree(tmp_path / "a") != digest_tree(tmp_path / "c")
+
+
+def test_objects_cover_all_coco_size_ranges_and_masks_match_annotations(tmp_path):
+    json_path = ensure_split(SMALL, str(tmp_path))
+    coco = json.load(open(json_path))
+    areas = np.array([a["area"] for a in coco["annotations"]])
+    assert (areas < 32 ** 2).sum() >= 10
+    assert ((areas >= 32 ** 2) & (areas <= 96 ** 2)).sum() >= 10
+    assert (areas > 96 ** 2).sum() >= 5
+    assert {a["category_id"] for a in coco["annotations"]} == {1, 2, 3, 4}
+    for ann in coco["annotations"][:50]:
+        rle = dict(ann["segmentation"], counts=ann["segmentation"]["counts"].encode())
+        assert mask_util.area(rle) == ann["area"]
+        assert np.allclose(mask_util.toBbox(rle), ann["bbox"])
+
+
+def test_corrupt_or_missing_files_are_regenerated(tmp_path):
+    json_path = ensure_split(SMALL, str(tmp_path))
+    original = digest_tree(tmp_path)
+    image = tmp_path / SMALL.name / "00003.png"
+    image.write_bytes(b"not a png")
+    ensure_split(SMALL, str(tmp_path))
+    assert digest_tree(tmp_path) == original
+    os.remove(json_path)
+    ensure_split(SMALL, str(tmp_path))
+    assert digest_tree(tmp_path) == original
+
+
+def test_registered_splits_load_through_detectron2():
+    dicts = DatasetCatalog.get("shapes_val")
+    assert len(dicts) == 60
+    assert all(ann["bbox_mode"] is not None for d in dicts for ann in d["annotations"])
