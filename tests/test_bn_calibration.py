@@ -1,0 +1,71 @@
+"""BN calibration reproduces statistics computed directly; the bank round-trips checkpoints."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mutualnet_det.bn_calibration import BNStatsBank, calibrate_bn, use_configuration
+from mutualnet_det.data.rescale import rescale_batch
+from mutualnet_det.modeling.slimmable_ops import SlimmableBatchNorm2d, SlimmableConv2d
+
+
+class ConvBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = SlimmableConv2d(3, 16, kernel_size=3, padding=1, bias=False, norm=SlimmableBatchNorm2d(16))
+        self.width_range = (0.25, 1.0)
+        self.bn_stats_bank = BNStatsBank()
+
+    def forward(self, batched_inputs):
+        return self.conv(torch.stack([x["image"].float() for x in batched_inputs]))
+
+
+def batches(seed=0, count=3):
+    generator = torch.Generator().manual_seed(seed)
+    return [[{"image": torch.rand(3, 20, 20, generator=generator) * 50 + 10 * i} for i in range(2)] for _ in range(count)]
+
+
+def direct_stats(model, data, width, scale):
+    """Mean of per-batch means and of per-batch unbiased variances of the BN input."""
+    channels = model.conv.out_rule.at(width)
+    means, variances = [], []
+    for batch in data:
+        x = torch.stack([item["image"] for item in rescale_batch(batch, scale)])
+        y = F.conv2d(x, model.conv.weight[:channels], padding=1)
+        means.append(y.mean(dim=(0, 2, 3)))
+        variances.append(y.var(dim=(0, 2, 3), unbiased=True))
+    return torch.stack(means).mean(0), torch.stack(variances).mean(0)
+
+
+@pytest.mark.parametrize("width,scale", [(1.0, 1.0), (0.5, 0.6), (0.25, 1.0)])
+def test_calibration_reproduces_direct_statistics(width, scale):
+    torch.manual_seed(0)
+    model = ConvBN()
+    data = batches()
+    model.conv.norm.running_mean.fill_(7.0)  # stale statistics must be replaced, not averaged in
+    assert calibrate_bn(model, iter(data), width, scale, num_batches=3)
+    mean, var = direct_stats(model, data, width, scale)
+    channels = len(mean)
+    assert torch.allclose(model.conv.norm.running_mean[:channels], mean, atol=1e-4)
+    assert torch.allclose(model.conv.norm.running_var[:channels], var, rtol=1e-4)
+    assert model.conv.norm.momentum == 0.1 and model.training  # restored
+    assert (width, scale) in model.bn_stats_bank
+
+
+def test_bank_applies_each_configuration_and_survives_a_checkpoint():
+    torch.manual_seed(0)
+    model = ConvBN()
+    data = batches()
+    calibrate_bn(model, iter(data), 0.5, 1.0, 3)
+    stats_half = model.conv.norm.running_mean.clone()
+    calibrate_bn(model, iter(data), 1.0, 0.6, 3)
+    assert not torch.equal(model.conv.norm.running_mean, stats_half)
+
+    restored = ConvBN()
+    restored.load_state_dict(model.state_dict())  # strict: bank entries are the bank's own
+    assert restored.bn_stats_bank.configurations() == [(0.5, 1.0), (1.0, 0.6)]
+    assert use_configuration(restored, 0.5, 1.0) == "bank"
+    assert torch.equal(restored.conv.norm.running_mean, stats_half)
+    with pytest.raises(ValueError, match="No calibrated BN statistics for width 0.25"):
+        use_configuration(restored, 0.25, 1.0)
+    assert use_configuration(restored, 0.25, 1.0, iter(data), num_batches=2) == "calibrated"
