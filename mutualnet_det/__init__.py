@@ -8,11 +8,14 @@ install_standin_if_needed()  # before anything imports detectron2._C
 
 from .config import add_mutualnet_config, validate_mutualnet_config  # noqa: E402
 from .width import get_width, round_channels, set_width, using_width, validate_width  # noqa: E402
+from .evaluation.query_table import best_config, pareto_front  # noqa: E402
 from . import modeling  # noqa: E402,F401  (registration)
 from . import data  # noqa: E402,F401  (registration)
 
 __all__ = [
     "add_mutualnet_config",
+    "best_config",
+    "pareto_front",
     "validate_mutualnet_config",
     "get_width",
     "round_channels",

@@ -4,6 +4,7 @@ FLOPs are fvcore's count (one fused multiply-add = one flop, fvcore's convention
 Detectron2's `FlopCountAnalysis` wrapper for the whole model (list-of-dict inputs, inference mode)
 and fvcore's directly for the backbone on the preprocessed image tensor.
 """
+import contextlib
 from typing import Dict, List
 
 import numpy as np
@@ -15,6 +16,17 @@ from fvcore.nn import FlopCountAnalysis
 from .modeling.slimmable_ops import SlimmableConv2d
 
 
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """Eval mode for the block (BN uses, and never updates, its running statistics)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 def _quiet(analysis):
     return analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
 
@@ -22,18 +34,15 @@ def _quiet(analysis):
 @torch.no_grad()
 def backbone_gflops(model: nn.Module, image_tensor: torch.Tensor) -> float:
     """GFLOPs of `model.backbone` (at its current width) on a preprocessed (1, 3, H, W) tensor."""
-    return _quiet(FlopCountAnalysis(model.backbone, (image_tensor,))).total() / 1e9
+    with evaluating(model):
+        return _quiet(FlopCountAnalysis(model.backbone, (image_tensor,))).total() / 1e9
 
 
 @torch.no_grad()
 def model_gflops(model: nn.Module, inputs: Dict) -> float:
     """GFLOPs of one inference pass of a Detectron2 model on one input dict (eval mode)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         return _quiet(ModelFlopCountAnalysis(model, [inputs])).total() / 1e9
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()
@@ -48,7 +57,8 @@ def active_parameters(model: nn.Module, image_tensor: torch.Tensor) -> int:
     slim_convs = [m for m in model.modules() if isinstance(m, SlimmableConv2d)]
     handles = [m.register_forward_hook(record) for m in slim_convs]
     try:
-        model.backbone(image_tensor)
+        with evaluating(model):
+            model.backbone(image_tensor)
     finally:
         for handle in handles:
             handle.remove()

@@ -1,0 +1,100 @@
+"""The width sweep end to end on the tiny model, the query table and the error paths."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from helpers import REPO, tiny_cfg
+
+import mutualnet_det
+from mutualnet_det.checkpoint import CheckpointError, load_weights
+from mutualnet_det.config import validate_mutualnet_config
+from mutualnet_det.engine.trainer import MutualNetTrainer
+from mutualnet_det.evaluation.query_table import best_config, pareto_front
+
+
+def test_sweep_visits_each_configuration_once_and_costs_fall(tmp_path):
+    cfg = tiny_cfg(**{"OUTPUT_DIR": str(tmp_path), "MUTUALNET.TEST.WIDTHS": (1.0, 0.25),
+                      "MUTUALNET.TEST.RESOLUTION_SCALES": (1.0, 0.5), "TEST.DETECTIONS_PER_IMAGE": 10})
+    torch.manual_seed(0)
+    model = MutualNetTrainer.build_model(cfg)
+    results = MutualNetTrainer.test(cfg, model)
+    records = json.load(open(tmp_path / "inference" / "shapes_val" / "width_sweep.json"))
+    assert [(r["width"], r["resolution_scale"]) for r in records] == [(1.0, 1.0), (1.0, 0.5), (0.25, 1.0), (0.25, 0.5)]
+    assert sorted(results) == sorted(f"shapes_val/w{w:g}_s{s:g}" for w in (1.0, 0.25) for s in (1.0, 0.5))
+    assert all(r["bn_stats"] == "calibrated" for r in records)  # random-init model: empty bank
+    assert (0.25, 0.5) in model.bn_stats_bank
+    by_config = {(r["width"], r["resolution_scale"]): r for r in records}
+    for key in ("gflops", "gflops_backbone", "params"):
+        assert by_config[(1.0, 1.0)][key] >= by_config[(0.25, 1.0)][key]
+    assert by_config[(1.0, 1.0)]["gflops"] > by_config[(1.0, 0.5)]["gflops"] > by_config[(0.25, 0.5)]["gflops"]
+    assert by_config[(1.0, 1.0)]["gflops_backbone"] > 3 * by_config[(1.0, 0.5)]["gflops_backbone"]
+    assert by_config[(1.0, 1.0)]["params"] == sum(p.numel() for p in model.parameters())
+    assert all(set(r["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"} and "segm" in r for r in records)
+    assert os.path.isfile(tmp_path / "inference" / "shapes_val" / "width_sweep.csv")
+
+
+def record(width, scale, gflops, ap):
+    return {"width": width, "resolution_scale": scale, "gflops": gflops, "bbox": {"AP": ap}}
+
+
+HAND_SWEEP = [record(1.0, 1.0, 10.0, 40.0), record(1.0, 0.6, 4.0, 33.0), record(0.5, 1.0, 4.5, 31.0),
+              record(0.75, 0.8, 5.0, 35.0), record(0.25, 1.0, 2.0, 20.0), record(0.5, 0.6, 2.5, 19.0),
+              record(0.75, 1.0, 6.0, 34.0)]
+
+
+def test_pareto_front_and_budget_queries_on_a_hand_made_sweep():
+    front = pareto_front(HAND_SWEEP)
+    # by hand: 2.0/20 kept, 2.5/19 dominated, 4.0/33 kept, 4.5/31 dominated, 5.0/35 kept, 6.0/34 dominated, 10/40 kept
+    assert [(r["width"], r["resolution_scale"]) for r in front] == [(0.25, 1.0), (1.0, 0.6), (0.75, 0.8), (1.0, 1.0)]
+    assert mutualnet_det.best_config(front, 4.9)["resolution_scale"] == 0.6
+    assert best_config(front, 100)["gflops"] == 10.0
+    assert best_config(front, 2.0)["width"] == 0.25
+    with pytest.raises(ValueError, match="below the cheapest configuration"):
+        best_config(front, 1.9)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("MUTUALNET.TEST.WIDTHS", (1.0, 0.1), "outside this model's width range"),
+    ("MUTUALNET.TEST.WIDTHS", (), "MUTUALNET.TEST.WIDTHS is empty"),
+    ("MUTUALNET.TEST.RESOLUTION_SCALES", (), "non-empty list of scales"),
+    ("MUTUALNET.TRAIN.RESOLUTION_SCALES", (1.0, -0.5), "MUTUALNET.TRAIN.RESOLUTION_SCALES"),
+    ("MUTUALNET.WIDTH_RANGE", (0.0, 1.0), "0 < narrowest <= widest <= 1.0"),
+    ("MUTUALNET.TRAIN.METHOD", "slimmable", "accepted: ('mutualnet', 'usnet', 'single')"),
+])
+def test_bad_config_values_fail_naming_the_key(key, value, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate_mutualnet_config(tiny_cfg(**{key: value}))
+
+
+def test_distillation_without_a_widest_member_rejected():
+    with pytest.raises(ValueError, match="INPLACE_DISTILL"):
+        validate_mutualnet_config(tiny_cfg(**{"MUTUALNET.TRAIN.METHOD": "single", "MUTUALNET.TRAIN.INPLACE_DISTILL": True}))
+
+
+def test_bad_weights_files_fail_clearly(tmp_path):
+    model = MutualNetTrainer.build_model(tiny_cfg())
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_weights(model, str(tmp_path / "missing.pth"))
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"\x80\x04 truncated")
+    with pytest.raises(CheckpointError, match="cannot read weights file"):
+        load_weights(model, str(corrupt))
+    other = MutualNetTrainer.build_model(tiny_cfg(**{"MODEL.FPN.OUT_CHANNELS": 48}))
+    DetectionCheckpointer(other, str(tmp_path)).save("other")
+    with pytest.raises(CheckpointError, match="does not fit the model.*other shapes"):
+        load_weights(model, str(tmp_path / "other.pth"))
+
+
+def test_eval_only_cli_stops_before_any_evaluation_on_missing_weights(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file",
+         os.path.join(REPO, "configs", "Shapes", "mutualnet_mask_rcnn_R_18_FPN.yaml"), "--eval-only",
+         "MODEL.WEIGHTS", str(tmp_path / "nope.pth"), "OUTPUT_DIR", str(tmp_path)],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "does not exist" in result.stderr
+    assert "Start inference" not in result.stdout + result.stderr
