@@ -14,7 +14,7 @@ DetectionCheckpointer saves and loads it with the weights). `use_configuration` 
 loads that configuration's statistics, calibrating first if the bank lacks them.
 """
 import logging
-from typing import Dict, Iterator, List, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -117,11 +117,12 @@ def calibrate_bn(model: nn.Module, batches: Iterator, width: float, resolution_s
 
 
 def use_configuration(model: nn.Module, width: float, resolution_scale: float = 1.0,
-                      calibration_batches: Iterator = None, num_batches: int = 10) -> str:
+                      calibration_batches: Callable[[], Iterator] = None, num_batches: int = 10) -> str:
     """Set `width` and the BN statistics for (width, resolution_scale).
 
     Returns how the statistics were obtained: "bank", "calibrated", or "none-needed" (no BN).
-    Without `calibration_batches`, a configuration missing from the bank is an error.
+    `calibration_batches` (called only when needed) returns an iterator of training batches;
+    without it, a configuration missing from the bank is an error.
     """
     set_width(model, width)
     if not bn_layers(model):
@@ -136,5 +137,5 @@ def use_configuration(model: nn.Module, width: float, resolution_scale: float = 
             "training data was given to calibrate them (DATASETS.TRAIN)")
     logger.info(f"BN stats bank has no entry for width {width}, scale {resolution_scale}: calibrating "
                 f"on {num_batches} training batches")
-    calibrate_bn(model, calibration_batches, width, resolution_scale, num_batches)
+    calibrate_bn(model, calibration_batches(), width, resolution_scale, num_batches)
     return "calibrated"

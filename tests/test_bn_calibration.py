@@ -68,4 +68,4 @@ def test_bank_applies_each_configuration_and_survives_a_checkpoint():
     assert torch.equal(restored.conv.norm.running_mean, stats_half)
     with pytest.raises(ValueError, match="No calibrated BN statistics for width 0.25"):
         use_configuration(restored, 0.25, 1.0)
-    assert use_configuration(restored, 0.25, 1.0, iter(data), num_batches=2) == "calibrated"
+    assert use_configuration(restored, 0.25, 1.0, lambda: iter(data), num_batches=2) == "calibrated"

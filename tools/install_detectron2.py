@@ -28,6 +28,8 @@ RUNTIME_DEPS = [
     "iopath>=0.1.7,<0.1.10", "omegaconf>=2.1,<2.4", "hydra-core>=1.1", "packaging",
     # model_zoo imports pkg_resources, removed from setuptools 81.
     "setuptools<81",
+    # Visualizer and some transforms import cv2.
+    "opencv-python-headless",
 ]
 
 

@@ -41,8 +41,7 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
 
 def evaluate_configuration(cfg, model, dataset_name, width, scale, calibration_batches: Callable = None) -> Dict:
     """One sweep record: COCO metrics, GFLOPs and parameters of `model` at (width, scale)."""
-    stats_source = use_configuration(model, width, scale, calibration_batches() if calibration_batches else None,
-                                     cfg.MUTUALNET.BN_CALIB.NUM_BATCHES)
+    stats_source = use_configuration(model, width, scale, calibration_batches, cfg.MUTUALNET.BN_CALIB.NUM_BATCHES)
     scaled_cfg = scaled_test_cfg(cfg, scale)
     loader = build_detection_test_loader(scaled_cfg, dataset_name)
     flops_inputs = list(itertools.islice((batch[0] for batch in loader), cfg.MUTUALNET.TEST.FLOPS_NUM_IMAGES))

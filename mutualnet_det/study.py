@@ -1,0 +1,130 @@
+"""The accuracy study (MutualNet vs US-Net, with and without inplace distillation, against
+independently trained single-width models) on the embedded dataset, run as one resumable job.
+
+Every run trains with tools/train_net.py in its own process (so a crash or interruption loses at
+most the current run, which then resumes from its last checkpoint) and ends with its width sweep.
+`summarize` gathers the sweeps into one JSON, a Markdown table and the trade-off plot.
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+from tqdm import tqdm
+
+from .evaluation.plots import plot_tradeoff
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUDY_CONFIG = os.path.join(REPO, "configs", "Study", "Base-Study.yaml")
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    name: str  # also the output folder
+    group: str  # curve in the plot / row group in the table (seeds of a group are averaged)
+    overrides: tuple = field(default_factory=tuple)
+    seed: int = 1
+
+
+def study_plan(seeds=(1, 2)) -> List[StudyRun]:
+    """The runs, main methods first so that an interrupted study has the most important ones."""
+    def method(name, group, method_name, distill, seed):
+        return StudyRun(name, group, ("MUTUALNET.TRAIN.METHOD", method_name,
+                                      "MUTUALNET.TRAIN.INPLACE_DISTILL", str(distill)), seed)
+
+    runs = []
+    for seed in seeds:
+        runs.append(method(f"mutualnet_seed{seed}", "MutualNet", "mutualnet", False, seed))
+        runs.append(method(f"usnet_seed{seed}", "US-Net", "usnet", False, seed))
+    runs.append(method("mutualnet_distill_seed1", "MutualNet + distill", "mutualnet", True, 1))
+    runs.append(method("usnet_distill_seed1", "US-Net + distill", "usnet", True, 1))
+    # independently trained single-width models: WIDTH_RANGE collapsed to the width, evaluated there
+    for width in (1.0, 0.25):
+        runs.append(StudyRun(f"single_w{width:g}_seed1", f"single width {width:g}",
+                             ("MUTUALNET.TRAIN.METHOD", "single", "MUTUALNET.WIDTH_RANGE", f"({width}, {width})",
+                              "MUTUALNET.TEST.WIDTHS", f"({width},)"), 1))
+    return runs
+
+
+def sweep_path(root: str, run: StudyRun) -> str:
+    return os.path.join(root, "runs", run.name, "inference", "shapes_val", "width_sweep.json")
+
+
+def train_and_sweep(run: StudyRun, root: str, log) -> float:
+    """Train one run (resuming if interrupted) and sweep it; returns seconds spent."""
+    start = time.perf_counter()
+    command = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", STUDY_CONFIG,
+               "--resume", "OUTPUT_DIR", os.path.join(root, "runs", run.name), "SEED", str(run.seed),
+               "MUTUALNET.TRAIN.COHORT_SEED", str(run.seed), *run.overrides]
+    log.write(f"\n$ {' '.join(command)}\n")
+    log.flush()
+    result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if result.returncode != 0 or not os.path.isfile(sweep_path(root, run)):
+        raise RuntimeError(f"study run {run.name} failed (exit {result.returncode}); see {log.name}")
+    return time.perf_counter() - start
+
+
+def run_study(root: str, runs: List[StudyRun]) -> Dict:
+    os.makedirs(root, exist_ok=True)
+    timings_path = os.path.join(root, "timings.json")
+    timings = json.load(open(timings_path)) if os.path.isfile(timings_path) else {}
+    with open(os.path.join(root, "study.log"), "a") as log:
+        for run in tqdm(runs, desc="study runs"):
+            if os.path.isfile(sweep_path(root, run)):
+                tqdm.write(f"{run.name}: done already")
+                continue
+            tqdm.write(f"{run.name}: training and sweeping ...")
+            timings[run.name] = train_and_sweep(run, root, log)
+            tqdm.write(f"{run.name}: finished in {timings[run.name] / 60:.1f} min")
+            with open(timings_path, "w") as f:
+                json.dump(timings, f, indent=1)
+    return summarize(root, runs)
+
+
+METRICS = (("bbox", "AP"), ("bbox", "APs"), ("bbox", "APl"), ("segm", "AP"), ("segm", "APs"), ("segm", "APl"))
+
+
+def summarize(root: str, runs: List[StudyRun]) -> Dict:
+    """results.json (every record, group means and seed spread), table.md, tradeoff.png."""
+    by_group: Dict[str, List[List[Dict]]] = {}
+    for run in runs:
+        with open(sweep_path(root, run)) as f:
+            by_group.setdefault(run.group, []).append(json.load(f))
+    summary = {}
+    for group, sweeps in by_group.items():
+        rows = []
+        for records in zip(*sweeps):  # same configuration order in every sweep of a group
+            row = {k: records[0][k] for k in ("width", "resolution_scale", "gflops", "gflops_backbone", "params")}
+            row["seeds"] = len(records)
+            for task, metric in METRICS:
+                values = [r[task][metric] for r in records]
+                row.setdefault(task, {})[metric] = statistics.mean(values)
+                row[task][f"{metric}_seeds"] = values
+            rows.append(row)
+        summary[group] = rows
+    with open(os.path.join(root, "results.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    with open(os.path.join(root, "table.md"), "w") as f:
+        f.write(format_markdown(summary))
+    plot_tradeoff(summary, os.path.join(root, "tradeoff.png"),
+                  title="Study on the embedded dataset (mean over seeds where several)")
+    return summary
+
+
+def format_markdown(summary: Dict) -> str:
+    lines = ["| method | width | scale | GFLOPs | box AP | box APs | box APl | mask AP | mask APs | mask APl |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for group, rows in summary.items():
+        for row in rows:
+            cells = []
+            for task, metric in METRICS:
+                values = row[task][f"{metric}_seeds"]
+                spread = f" ±{(max(values) - min(values)) / 2:.1f}" if len(values) > 1 else ""
+                cells.append(f"{row[task][metric]:.1f}{spread}")
+            lines.append(f"| {group} | {row['width']:g} | {row['resolution_scale']:g} | {row['gflops']:.2f} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n(± is half the range over seeds.)\n"

@@ -1,0 +1,140 @@
+"""Side-by-side renderings of slimmable models (e.g. MutualNet vs US-Net) at chosen widths.
+
+Each panel is Detectron2's Visualizer drawing of one model's detections (masks, boxes, class,
+score) at one (width, resolution scale), every detection tagged S/M/L by COCO's area thresholds
+(mask area when masks are predicted, else box area), under a title bar with the method, width,
+scale, GFLOPs of that configuration and the number of detections of each size.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from detectron2.data import transforms as T
+from detectron2.structures import BoxMode
+from detectron2.utils.visualizer import Visualizer
+from PIL import Image, ImageDraw, ImageFont
+
+from .bn_calibration import use_configuration
+from .flops import model_gflops
+
+SMALL_MAX_AREA = 32 ** 2  # COCO: small < 32^2, large > 96^2 (pixels, original image)
+LARGE_MIN_AREA = 96 ** 2
+SIZE_CLASSES = ("small", "medium", "large")
+TITLE_HEIGHT = 44
+
+
+def size_class(area: float) -> str:
+    if area < SMALL_MAX_AREA:
+        return "small"
+    return "large" if area > LARGE_MIN_AREA else "medium"
+
+
+def instance_areas(instances) -> np.ndarray:
+    """Areas of predicted instances in pixels: mask areas if present, else box areas."""
+    if instances.has("pred_masks"):
+        return instances.pred_masks.flatten(1).sum(1).cpu().numpy().astype(float)
+    return instances.pred_boxes.area().cpu().numpy()
+
+
+def count_by_size(areas: Sequence[float]) -> Dict[str, int]:
+    counts = dict.fromkeys(SIZE_CLASSES, 0)
+    for area in areas:
+        counts[size_class(area)] += 1
+    return counts
+
+
+@dataclass
+class Panel:
+    title: str
+    image: np.ndarray  # RGB, with its title bar
+    counts: Dict[str, int] = field(default_factory=dict)
+    instances: Optional[object] = None
+
+
+class SlimmablePredictor:
+    """Runs one model at a (width, resolution scale) on RGB/BGR images, like DefaultPredictor."""
+
+    def __init__(self, cfg, model, method: str, calibration_batches=None):
+        self.cfg, self.model, self.method = cfg, model.eval(), method
+        self.calibration_batches = calibration_batches
+        self.input_format = cfg.INPUT.FORMAT
+
+    @torch.no_grad()
+    def __call__(self, image_bgr: np.ndarray, width: float, resolution_scale: float):
+        """(instances in original image coordinates, GFLOPs of this configuration on this image)."""
+        use_configuration(self.model, width, resolution_scale, self.calibration_batches,
+                          self.cfg.MUTUALNET.BN_CALIB.NUM_BATCHES)
+        self.model.eval()
+        image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
+        resize = T.ResizeShortestEdge(round(self.cfg.INPUT.MIN_SIZE_TEST * resolution_scale),
+                                      round(self.cfg.INPUT.MAX_SIZE_TEST * resolution_scale))
+        resized = resize.get_transform(image).apply_image(image)
+        inputs = {"image": torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)),
+                  "height": image.shape[0], "width": image.shape[1]}
+        instances = self.model([inputs])[0]["instances"].to("cpu")
+        return instances, model_gflops(self.model, inputs)
+
+
+def _title_bar(image: np.ndarray, lines: Sequence[str]) -> np.ndarray:
+    bar = Image.new("RGB", (image.shape[1], TITLE_HEIGHT), (255, 255, 255))
+    draw = ImageDraw.Draw(bar)
+    font = ImageFont.load_default()
+    for row, line in enumerate(lines):
+        draw.text((4, 3 + 20 * row), line, fill=(0, 0, 0), font=font)
+    return np.concatenate([np.asarray(bar), image], axis=0)
+
+
+def prediction_panel(image_rgb, instances, metadata, title: str, threshold: float) -> Panel:
+    instances = instances[instances.scores >= threshold]
+    areas = instance_areas(instances)
+    names = metadata.get("thing_classes", None)
+    labels = [f"{names[c] if names else c} {s:.0%} {size_class(a)[0].upper()}"
+              for c, s, a in zip(instances.pred_classes.tolist(), instances.scores.tolist(), areas)]
+    visualizer = Visualizer(image_rgb, metadata)
+    drawn = visualizer.overlay_instances(
+        boxes=instances.pred_boxes.tensor.numpy() if instances.has("pred_boxes") else None,
+        masks=instances.pred_masks.numpy() if instances.has("pred_masks") else None,
+        labels=labels).get_image()
+    counts = count_by_size(areas)
+    summary = "  ".join(f"{k} {v}" for k, v in counts.items())
+    return Panel(title, _title_bar(drawn, [title, f"detections: {summary}"]), counts, instances)
+
+
+def ground_truth_panel(image_rgb, dataset_dict, metadata) -> Panel:
+    annotations = dataset_dict.get("annotations", [])
+    areas = [a.get("area", BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYWH_ABS)[2] *
+                   BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYWH_ABS)[3]) for a in annotations]
+    drawn = Visualizer(image_rgb, metadata).draw_dataset_dict(dataset_dict).get_image()
+    counts = count_by_size(areas)
+    summary = "  ".join(f"{k} {v}" for k, v in counts.items())
+    return Panel("ground truth", _title_bar(drawn, ["ground truth", f"objects: {summary}"]), counts)
+
+
+def compose_grid(rows: List[List[Panel]]) -> np.ndarray:
+    """Stack panels: one row per width, one column per model (+ ground truth); pads to equal size."""
+    height = max(p.image.shape[0] for row in rows for p in row)
+    width = max(p.image.shape[1] for row in rows for p in row)
+    canvas = np.full((height * len(rows), width * max(len(r) for r in rows), 3), 255, dtype=np.uint8)
+    for r, row in enumerate(rows):
+        for c, panel in enumerate(row):
+            h, w = panel.image.shape[:2]
+            canvas[r * height:r * height + h, c * width:c * width + w] = panel.image
+    return canvas
+
+
+def render_comparison(image_bgr, predictors: Sequence[SlimmablePredictor], widths: Sequence[float],
+                      resolution_scale: float, metadata, threshold: float, dataset_dict=None):
+    """Rows: widths; columns: predictors (and ground truth when `dataset_dict` is given)."""
+    image_rgb = image_bgr[:, :, ::-1]
+    rows = []
+    for width in widths:
+        row = []
+        for predictor in predictors:
+            instances, gflops = predictor(image_bgr, width, resolution_scale)
+            title = f"{predictor.method}  width {width:g}  scale {resolution_scale:g}  {gflops:.2f} GFLOPs"
+            row.append(prediction_panel(image_rgb, instances, metadata, title, threshold))
+        if dataset_dict is not None:
+            row.append(ground_truth_panel(image_rgb, dataset_dict, metadata))
+        rows.append(row)
+    return compose_grid(rows), rows

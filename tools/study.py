@@ -1,0 +1,25 @@
+#!/usr/bin/env python
+"""The accuracy study on the embedded dataset: one command, resumable, results in benchmarks/study/.
+
+    python tools/study.py                  # train all runs, sweep them, write results.json, table.md, tradeoff.png
+    python tools/study.py --summarize-only # rebuild the table and plot from finished runs
+"""
+import argparse
+import os
+
+from mutualnet_det.study import REPO, run_study, study_plan, summarize
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "study"))
+    parser.add_argument("--summarize-only", action="store_true")
+    args = parser.parse_args()
+    runs = study_plan()
+    summary = summarize(args.output, runs) if args.summarize_only else run_study(args.output, runs)
+    print(open(os.path.join(args.output, "table.md")).read())
+    print(f"{len(summary)} method groups; results in {args.output}")
+
+
+if __name__ == "__main__":
+    main()
