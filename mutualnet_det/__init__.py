@@ -11,10 +11,12 @@ from .width import get_width, round_channels, set_width, using_width, validate_w
 from .evaluation.query_table import best_config, pareto_front  # noqa: E402
 from . import modeling  # noqa: E402,F401  (registration)
 from . import data  # noqa: E402,F401  (registration)
+from .freeze import freeze_width  # noqa: E402  (also registers build_frozen_resnet_fpn_backbone)
 
 __all__ = [
     "add_mutualnet_config",
     "best_config",
+    "freeze_width",
     "pareto_front",
     "validate_mutualnet_config",
     "get_width",

@@ -35,9 +35,12 @@ def add_mutualnet_config(cfg):
     _C.MUTUALNET.BN_CALIB = CN()
     # Training batches run (train mode, no gradients) to re-estimate BN statistics per configuration.
     _C.MUTUALNET.BN_CALIB.NUM_BATCHES = 10
-    # (width, resolution scale) configurations calibrated at the end of training and stored in the
-    # checkpoint's BN stats bank; empty: the TEST widths x scales.
+    # After training, calibrate every TEST (width, resolution scale) and store it in the
+    # checkpoint's BN stats bank.
     _C.MUTUALNET.BN_CALIB.AFTER_TRAIN = True
+
+    # Width of a frozen (fixed-width, plain-module) model; used by build_frozen_resnet_fpn_backbone.
+    _C.MUTUALNET.FROZEN_WIDTH = 1.0
 
     _C.MUTUALNET.TEST = CN()
     # Widths and input scale factors (of the test resize) evaluated by --eval-only (all pairs).

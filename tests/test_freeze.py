@@ -1,0 +1,86 @@
+"""Frozen fixed-width models against the slimmable model they come from."""
+import pytest
+import torch
+from detectron2.export import TracingAdapter
+from detectron2.modeling import build_model
+from helpers import tiny_cfg, toy_batch
+
+from mutualnet_det import freeze_width
+from mutualnet_det.bn_calibration import calibrate_bn
+from mutualnet_det.engine.trainer import MutualNetTrainer
+from mutualnet_det.freeze import build_frozen_resnet_fpn_backbone  # noqa: F401 (registered)
+from mutualnet_det.modeling.slimmable_ops import SlimmableConv2d
+
+WIDTHS = (1.0, 0.6, 0.25)
+
+
+def trained_like(depth, norm="BN"):
+    """A tiny model whose BN statistics were calibrated (so the bank has every width)."""
+    settings = {"MODEL.RESNETS.DEPTH": depth, "MODEL.RESNETS.NORM": norm, "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0,
+                "TEST.DETECTIONS_PER_IMAGE": 10}
+    if depth >= 50:
+        settings.update({"MODEL.RESNETS.RES2_OUT_CHANNELS": 64, "MODEL.RESNETS.STEM_OUT_CHANNELS": 16})
+    cfg = tiny_cfg(**settings)
+    torch.manual_seed(0)
+    model = MutualNetTrainer.build_model(cfg)
+    batches = [toy_batch(seed=i) for i in range(2)]
+    for width in WIDTHS:
+        calibrate_bn(model, iter(batches), width, 1.0, 2)
+    return cfg, model.eval()
+
+
+def outputs(model, inputs):
+    with torch.no_grad():
+        return model(inputs)[0]["instances"]
+
+
+def assert_same_detections(a, b):
+    assert len(a) == len(b) > 0
+    assert (a.pred_boxes.tensor - b.pred_boxes.tensor).abs().max() <= 1e-4
+    assert (a.scores - b.scores).abs().max() <= 1e-4
+    assert (a.pred_masks.float() - b.pred_masks.float()).abs().mean() <= 1e-3
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_frozen_equals_slimmable_at_three_widths(depth):
+    _, model = trained_like(depth)
+    inputs = [{"image": toy_batch(1, seed=5)[0]["image"], "height": 64, "width": 64}]
+    for width in WIDTHS:
+        frozen = freeze_width(model, width).eval()
+        assert not any(isinstance(m, SlimmableConv2d) for m in frozen.modules())
+        assert not hasattr(frozen, "bn_stats_bank") and type(frozen).__name__ == "GeneralizedRCNN"
+        if width < 1:
+            assert sum(p.numel() for p in frozen.backbone.parameters()) < sum(p.numel() for p in model.backbone.parameters())
+        model.eval()
+        from mutualnet_det.bn_calibration import use_configuration
+
+        use_configuration(model, width, 1.0)
+        assert_same_detections(outputs(model, inputs), outputs(frozen, inputs))
+
+
+def test_traced_frozen_model_matches():
+    _, model = trained_like(18)
+    frozen = freeze_width(model, 0.6).eval()
+    inputs = [{"image": toy_batch(1, seed=5)[0]["image"].float()}]
+    adapter = TracingAdapter(frozen, inputs)
+    traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
+    with torch.no_grad():
+        expected = adapter(*adapter.flattened_inputs)
+        actual = traced(*adapter.flattened_inputs)
+    assert len(expected) == len(actual)
+    for e, a in zip(expected, actual):
+        assert e.shape == a.shape and (e.float() - a.float()).abs().max() <= 1e-4
+
+
+def test_frozen_config_rebuilds_the_model_without_slimmable_modules():
+    cfg, model = trained_like(18)
+    frozen = freeze_width(model, 0.25).eval()
+    rebuilt_cfg = cfg.clone()
+    rebuilt_cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    rebuilt_cfg.MODEL.BACKBONE.NAME = "build_frozen_resnet_fpn_backbone"
+    rebuilt_cfg.MUTUALNET.FROZEN_WIDTH = 0.25
+    rebuilt = build_model(rebuilt_cfg).eval()
+    result = rebuilt.load_state_dict(frozen.state_dict(), strict=True)
+    assert not result.missing_keys and not any(isinstance(m, SlimmableConv2d) for m in rebuilt.modules())
+    inputs = [{"image": toy_batch(1, seed=5)[0]["image"], "height": 64, "width": 64}]
+    assert_same_detections(outputs(frozen, inputs), outputs(rebuilt, inputs))

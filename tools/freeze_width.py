@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""Freeze a slimmable model at one width: write a plain Detectron2 checkpoint and its config.
+
+    python tools/freeze_width.py --config-file configs/Shapes/mutualnet_mask_rcnn_R_18_FPN.yaml \
+        --width 0.5 [--resolution-scale 1.0] --output out/ MODEL.WEIGHTS output/shapes_mutualnet/model_final.pth
+Writes out/model_frozen_w0.5.pth and out/config_frozen_w0.5.yaml (GeneralizedRCNN with
+build_frozen_resnet_fpn_backbone: no slimmable module at run time; the test resize is already
+multiplied by the resolution scale).
+"""
+import argparse
+import os
+import sys
+
+import mutualnet_det  # noqa: F401  (registration; before other Detectron2 imports)
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+
+from mutualnet_det import add_mutualnet_config, freeze_width, validate_mutualnet_config, validate_width
+from mutualnet_det.checkpoint import CheckpointError, load_weights
+from mutualnet_det.data.rescale import scaled_test_cfg
+from mutualnet_det.engine.trainer import MutualNetTrainer
+
+
+def frozen_config(cfg, width, resolution_scale):
+    """A config that rebuilds the frozen model without the slimmable machinery."""
+    frozen = scaled_test_cfg(cfg, resolution_scale)
+    frozen.defrost()
+    frozen.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    frozen.MODEL.BACKBONE.NAME = "build_frozen_resnet_fpn_backbone"
+    frozen.MUTUALNET.FROZEN_WIDTH = width
+    frozen.MUTUALNET.TEST.WIDTHS = (width,)
+    frozen.MUTUALNET.TEST.RESOLUTION_SCALES = (1.0,)
+    return frozen
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--width", type=float, required=True)
+    parser.add_argument("--resolution-scale", type=float, default=1.0)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides (MODEL.WEIGHTS ...)")
+    args = parser.parse_args()
+    try:
+        cfg = get_cfg()
+        add_mutualnet_config(cfg)
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts)
+        validate_mutualnet_config(cfg)
+        width = validate_width(args.width, cfg.MUTUALNET.WIDTH_RANGE)
+        if not 0 < args.resolution_scale <= 1:
+            raise ValueError(f"--resolution-scale {args.resolution_scale} must be in (0, 1]")
+        model = MutualNetTrainer.build_model(cfg)
+        load_weights(model, cfg.MODEL.WEIGHTS)
+        frozen = freeze_width(model.eval(), width, args.resolution_scale)
+    except (ValueError, KeyError, CheckpointError) as err:
+        sys.exit(f"error: {err}")
+    os.makedirs(args.output, exist_ok=True)
+    name = f"w{width:g}" + (f"_s{args.resolution_scale:g}" if args.resolution_scale != 1.0 else "")
+    DetectionCheckpointer(frozen, args.output).save(f"model_frozen_{name}")
+    config = frozen_config(cfg, width, args.resolution_scale)
+    config.MODEL.WEIGHTS = os.path.join(args.output, f"model_frozen_{name}.pth")
+    with open(os.path.join(args.output, f"config_frozen_{name}.yaml"), "w") as f:
+        f.write(config.dump())
+    print(f"wrote {config.MODEL.WEIGHTS} and config_frozen_{name}.yaml "
+          f"({sum(p.numel() for p in frozen.parameters()) / 1e6:.2f}M parameters)")
+
+
+if __name__ == "__main__":
+    main()
