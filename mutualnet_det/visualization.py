@@ -14,6 +14,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image, ImageDraw, ImageFont
+from pycocotools import mask as mask_util
 
 from .bn_calibration import use_configuration
 from .flops import model_gflops
@@ -101,10 +102,24 @@ def prediction_panel(image_rgb, instances, metadata, title: str, threshold: floa
     return Panel(title, _title_bar(drawn, [title, f"detections: {summary}"]), counts, instances)
 
 
+def annotation_area(annotation, height, width) -> float:
+    """Object area as COCO counts it: the mask's when there is a segmentation, else the box's."""
+    segmentation = annotation.get("segmentation")
+    if isinstance(segmentation, dict):  # RLE
+        counts = segmentation["counts"]
+        rle = dict(segmentation, counts=counts.encode() if isinstance(counts, str) else counts)
+        if isinstance(counts, list):
+            rle = mask_util.frPyObjects(segmentation, height, width)
+        return float(mask_util.area(rle))
+    if segmentation:  # polygons
+        return float(mask_util.area(mask_util.merge(mask_util.frPyObjects(segmentation, height, width))))
+    x, y, w, h = BoxMode.convert(annotation["bbox"], annotation["bbox_mode"], BoxMode.XYWH_ABS)
+    return float(w * h)
+
+
 def ground_truth_panel(image_rgb, dataset_dict, metadata) -> Panel:
     annotations = dataset_dict.get("annotations", [])
-    areas = [a.get("area", BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYWH_ABS)[2] *
-                   BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYWH_ABS)[3]) for a in annotations]
+    areas = [annotation_area(a, image_rgb.shape[0], image_rgb.shape[1]) for a in annotations]
     drawn = Visualizer(image_rgb, metadata).draw_dataset_dict(dataset_dict).get_image()
     counts = count_by_size(areas)
     summary = "  ".join(f"{k} {v}" for k, v in counts.items())

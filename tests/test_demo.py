@@ -1,4 +1,5 @@
 """The side-by-side demo on two small random-weight models."""
+import json
 import os
 import subprocess
 import sys
@@ -50,7 +51,9 @@ def test_comparison_grid_layout_titles_and_size_counts(predictors):
         assert len(areas) > 0
         expected = {k: int(sum(size_class(a) == k for a in areas)) for k in ("small", "medium", "large")}
         assert panel.counts == expected
-    gt_areas = [a["area"] for a in dataset_dict["annotations"]]
+    coco = json.load(open(MetadataCatalog.get("shapes_val").json_file))  # areas as written by the generator
+    gt_areas = [a["area"] for a in coco["annotations"] if a["image_id"] == dataset_dict["image_id"]]
+    assert len(gt_areas) == len(dataset_dict["annotations"])
     assert rows[0][2].counts["small"] == sum(a < 32 ** 2 for a in gt_areas)
     assert rows[0][2].counts["large"] == sum(a > 96 ** 2 for a in gt_areas)
 
@@ -82,7 +85,7 @@ MODEL:
   ROI_BOX_HEAD: {{FC_DIM: 32}}
   ROI_MASK_HEAD: {{CONV_DIM: 16, NUM_CONV: 1}}
   ROI_HEADS: {{SCORE_THRESH_TEST: 0.0}}
-INPUT: {{MIN_SIZE_TEST: 64, MAX_SIZE_TEST: 64, MIN_SIZE_TRAIN: (64,), MAX_SIZE_TRAIN: 64}}
+INPUT: {{MIN_SIZE_TEST: 64, MAX_SIZE_TEST: 64, MIN_SIZE_TRAIN: [64], MAX_SIZE_TRAIN: 64}}
 DATALOADER: {{NUM_WORKERS: 0}}
 SOLVER: {{IMS_PER_BATCH: 2}}
 TEST: {{DETECTIONS_PER_IMAGE: 8}}
