@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-import mutualnet_det
 from mutualnet_det.compat import CompiledOpUnavailable, has_compiled_ops
 
 pytestmark = pytest.mark.skipif(has_compiled_ops(), reason="this Detectron2 has its compiled ops")

@@ -6,7 +6,7 @@ from detectron2.modeling import build_model
 from helpers import tiny_cfg, toy_batch
 
 from mutualnet_det import freeze_width
-from mutualnet_det.bn_calibration import calibrate_bn
+from mutualnet_det.bn_calibration import calibrate_bn, use_configuration
 from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.freeze import build_frozen_resnet_fpn_backbone  # noqa: F401 (registered)
 from mutualnet_det.modeling.slimmable_ops import SlimmableConv2d
@@ -52,8 +52,6 @@ def test_frozen_equals_slimmable_at_three_widths(depth):
         if width < 1:
             assert sum(p.numel() for p in frozen.backbone.parameters()) < sum(p.numel() for p in model.backbone.parameters())
         model.eval()
-        from mutualnet_det.bn_calibration import use_configuration
-
         use_configuration(model, width, 1.0)
         assert_same_detections(outputs(model, inputs), outputs(frozen, inputs))
 

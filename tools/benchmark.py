@@ -21,9 +21,9 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
-from mutualnet_det import add_mutualnet_config, freeze_width, set_width
-from mutualnet_det.benchmark import peak_memory_mb, time_call
-from mutualnet_det.bn_calibration import calibrate_bn, use_configuration
+from mutualnet_det import add_mutualnet_config, freeze_width
+from mutualnet_det.benchmark import time_call
+from mutualnet_det.bn_calibration import use_configuration
 from mutualnet_det.checkpoint import load_weights
 from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.flops import backbone_gflops, model_gflops

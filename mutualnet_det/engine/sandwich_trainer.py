@@ -4,7 +4,6 @@ import time
 from typing import Callable, List
 
 import numpy as np
-import torch
 from detectron2.engine import SimpleTrainer
 from detectron2.utils.events import get_event_storage
 
