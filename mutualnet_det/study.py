@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Dict, List
 
@@ -54,32 +55,45 @@ def sweep_path(root: str, run: StudyRun) -> str:
     return os.path.join(root, "runs", run.name, "inference", "shapes_val", "width_sweep.json")
 
 
-def train_and_sweep(run: StudyRun, root: str, log) -> float:
-    """Train one run (resuming if interrupted) and sweep it; returns seconds spent."""
+def train_and_sweep(run: StudyRun, root: str, threads: int = 0) -> float:
+    """Train one run (resuming if interrupted) and sweep it; returns seconds spent.
+    Its output goes to runs/<name>/study.log; `threads` > 0 limits its CPU threads."""
     start = time.perf_counter()
+    os.makedirs(os.path.join(root, "runs", run.name), exist_ok=True)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     command = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", STUDY_CONFIG,
                "--resume", "OUTPUT_DIR", os.path.join(root, "runs", run.name), "SEED", str(run.seed),
                "MUTUALNET.TRAIN.COHORT_SEED", str(run.seed), *run.overrides]
-    log.write(f"\n$ {' '.join(command)}\n")
-    log.flush()
-    result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    log_path = os.path.join(root, "runs", run.name, "study.log")
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {' '.join(command)}\n")
+        log.flush()
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     if result.returncode != 0 or not os.path.isfile(sweep_path(root, run)):
-        raise RuntimeError(f"study run {run.name} failed (exit {result.returncode}); see {log.name}")
+        raise RuntimeError(f"study run {run.name} failed (exit {result.returncode}); see {log_path}")
     return time.perf_counter() - start
 
 
-def run_study(root: str, runs: List[StudyRun]) -> Dict:
+def run_study(root: str, runs: List[StudyRun], jobs: int = 1) -> Dict:
+    """Train and sweep every run not done yet (`jobs` at a time, one thread each when > 1),
+    then summarize. Interrupted: run again, finished runs are skipped, others resume."""
     os.makedirs(root, exist_ok=True)
     timings_path = os.path.join(root, "timings.json")
     timings = json.load(open(timings_path)) if os.path.isfile(timings_path) else {}
-    with open(os.path.join(root, "study.log"), "a") as log:
-        for run in tqdm(runs, desc="study runs"):
-            if os.path.isfile(sweep_path(root, run)):
-                tqdm.write(f"{run.name}: done already")
-                continue
-            tqdm.write(f"{run.name}: training and sweeping ...")
-            timings[run.name] = train_and_sweep(run, root, log)
+    todo = [run for run in runs if not os.path.isfile(sweep_path(root, run))]
+    for run in runs:
+        if run not in todo:
+            tqdm.write(f"{run.name}: done already")
+    with tqdm(total=len(runs), initial=len(runs) - len(todo), desc="study runs") as progress, \
+            ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(train_and_sweep, run, root, 1 if jobs > 1 else 0): run for run in todo}
+        for future in as_completed(futures):
+            run = futures[future]
+            timings[run.name] = future.result()
             tqdm.write(f"{run.name}: finished in {timings[run.name] / 60:.1f} min")
+            progress.update(1)
             with open(timings_path, "w") as f:
                 json.dump(timings, f, indent=1)
     return summarize(root, runs)

@@ -2,6 +2,7 @@
 """The accuracy study on the embedded dataset: one command, resumable, results in benchmarks/study/.
 
     python tools/study.py                  # train all runs, sweep them, write results.json, table.md, tradeoff.png
+                                           # (2 runs at a time, one CPU thread each: --jobs)
     python tools/study.py --summarize-only # rebuild the table and plot from finished runs
 """
 import argparse
@@ -14,9 +15,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "study"))
     parser.add_argument("--summarize-only", action="store_true")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="runs trained at once, one CPU thread each (2 suits a 2-core machine)")
     args = parser.parse_args()
     runs = study_plan()
-    summary = summarize(args.output, runs) if args.summarize_only else run_study(args.output, runs)
+    summary = summarize(args.output, runs) if args.summarize_only else run_study(args.output, runs, args.jobs)
     print(open(os.path.join(args.output, "table.md")).read())
     print(f"{len(summary)} method groups; results in {args.output}")
 
