@@ -65,6 +65,12 @@ def rescale_batch(batched_inputs: List[Dict], scale: float) -> List[Dict]:
     return rescaled
 
 
+def scale_factors(original: List[Dict], rescaled: List[Dict]):
+    """Per image (scale_x, scale_y) from `original` inputs to their `rescaled` versions."""
+    return [(r["image"].shape[-1] / o["image"].shape[-1], r["image"].shape[-2] / o["image"].shape[-2])
+            for o, r in zip(original, rescaled)]
+
+
 def scaled_test_cfg(cfg, scale: float):
     """A copy of `cfg` whose test-time resize (short and long side) is multiplied by `scale`."""
     cfg = cfg.clone()

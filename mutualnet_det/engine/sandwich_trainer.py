@@ -7,7 +7,7 @@ import numpy as np
 from detectron2.engine import SimpleTrainer
 from detectron2.utils.events import get_event_storage
 
-from ..data.rescale import rescale_batch
+from ..data.rescale import rescale_batch, scale_factors
 from ..width import set_width
 from .cohort import CohortMember
 from .distillation import capture_forward, distillation_loss
@@ -41,26 +41,22 @@ class SandwichTrainer(SimpleTrainer):
 
         # Gradients of all members accumulate; the optimizer steps once (after the loop).
         self.optimizer.zero_grad()
+        distill = self.distill_weight > 0
         member_losses, teacher = [], None
         for index, member in enumerate(cohort):
             inputs = rescale_batch(data, member.resolution_scale)
             set_width(model, member.width)
-            distill = self.distill_weight > 0
+            last = index == len(cohort) - 1
             # Data-parallel: all-reduce gradients once, in the last member's backward.
-            sync = contextlib.nullcontext() if index == len(cohort) - 1 or not hasattr(self.model, "no_sync") \
-                else self.model.no_sync()
-            with sync:
+            with self.model.no_sync() if not last and hasattr(self.model, "no_sync") else contextlib.nullcontext():
                 with capture_forward(model) if distill else contextlib.nullcontext() as captured:
                     loss_dict = self.model(inputs)
                 if distill and index == 0:
                     teacher = captured  # the widest member teaches the others
                 elif distill:
-                    factors = [(x["image"].shape[-1] / d["image"].shape[-1], x["image"].shape[-2] / d["image"].shape[-2])
-                               for x, d in zip(inputs, data)]
                     loss_dict["loss_distill"] = self.distill_weight * distillation_loss(
-                        model, teacher, captured.features, factors)
-                losses = sum(loss_dict.values())
-                losses.backward()
+                        model, teacher, captured.features, scale_factors(data, inputs))
+                sum(loss_dict.values()).backward()
             member_losses.append((member, loss_dict))
         set_width(model, cohort[0].width)
 

@@ -49,3 +49,11 @@ def test_bitmasks_follow_the_image():
     expected = torch.zeros(20, 20, dtype=torch.bool)
     expected[5:15, 10:20] = True
     assert torch.equal(scaled["instances"].gt_masks.tensor[0], expected)
+
+
+def test_scale_factors_per_image_by_hand():
+    from mutualnet_det.data.rescale import scale_factors
+
+    original = [{"image": torch.zeros(3, 100, 200)}, {"image": torch.zeros(3, 101, 203)}]
+    rescaled = rescale_batch(original, 0.4)  # 40 x 80 and 40 x 81
+    assert scale_factors(original, rescaled) == [(80 / 200, 40 / 100), (81 / 203, 40 / 101)]
