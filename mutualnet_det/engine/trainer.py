@@ -2,6 +2,7 @@
 training, and a width sweep as its evaluation."""
 import functools
 import logging
+import sys
 import weakref
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -49,6 +50,18 @@ class BNCalibrationHook(HookBase):
         set_width(model, self.cfg.MUTUALNET.WIDTH_RANGE[1])
 
 
+class CheckpointOnInterrupt(HookBase):
+    """Save a checkpoint when training is interrupted (Ctrl-C), so `--resume` loses nothing.
+
+    Not after other errors: a run that failed on NaN losses must not resume from its weights."""
+
+    def after_train(self):
+        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+        if interrupted and self.trainer.iter + 1 < self.trainer.max_iter and comm.is_main_process():
+            self.trainer.checkpointer.save(f"model_{self.trainer.iter:07d}", iteration=self.trainer.iter)
+            logger.info(f"Interrupted at iteration {self.trainer.iter}: checkpoint saved; continue with --resume")
+
+
 class MutualNetTrainer(DefaultTrainer):
     """DefaultTrainer whose step is the sandwich step (SandwichTrainer); otherwise Detectron2's."""
 
@@ -81,7 +94,7 @@ class MutualNetTrainer(DefaultTrainer):
         position = next((i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicCheckpointer)),
                         len(hook_list))
         hook_list.insert(position, calibration)  # the final checkpoint then holds the bank
-        return hook_list
+        return hook_list + [CheckpointOnInterrupt()]
 
     @classmethod
     def build_model(cls, cfg):

@@ -4,7 +4,9 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
+from detectron2.engine import HookBase
 from helpers import tiny_cfg
 
 from mutualnet_det.engine.trainer import MutualNetTrainer, cohort_sampler
@@ -33,6 +35,22 @@ def test_resume_continues_at_the_saved_iteration_with_the_same_cohorts(tmp_path)
     assert drawn[2] == cohort_sampler(cfg)(2)
     iterations = [json.loads(line)["iteration"] for line in open(tmp_path / "metrics.json")]
     assert max(iterations) == 3
+
+
+def test_interrupted_training_saves_a_checkpoint_and_resumes_after_it(tmp_path):
+    class Interrupt(HookBase):
+        def after_step(self):
+            if self.trainer.iter == 2:
+                raise KeyboardInterrupt
+
+    trainer = MutualNetTrainer(tiny_training_cfg(tmp_path, 6))
+    trainer.register_hooks([Interrupt()])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
+    resumed = MutualNetTrainer(tiny_training_cfg(tmp_path, 6))
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 3
 
 
 def test_two_process_gloo_training(tmp_path):
