@@ -23,8 +23,8 @@ done
 $PY tools/plot_tradeoff.py output/shapes_mutualnet/inference/shapes_val/width_sweep.json \
   output/shapes_usnet/inference/shapes_val/width_sweep.json --labels MutualNet US-Net \
   --title "Embedded shapes dataset (R-18 FPN)" -o output/tradeoff.png
-echo "[main] demo: MutualNet vs US-Net at widths 1.0 and 0.25 -> output/demo"
+echo "[main] demo: MutualNet vs US-Net at widths 1.0 and 0.25 (scores >= 0.3) -> output/demo"
 $PY demo/demo.py --config-file configs/Shapes/mutualnet_mask_rcnn_R_18_FPN.yaml \
   --compare-config configs/Shapes/usnet_mask_rcnn_R_18_FPN.yaml --dataset shapes_val --num-images 4 \
-  --widths 1.0 0.25 --output output/demo
+  --widths 1.0 0.25 --confidence-threshold 0.3 --output output/demo
 echo "[main] done: output/tradeoff.png, output/demo/, output/shapes_*/"
