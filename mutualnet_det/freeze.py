@@ -19,6 +19,7 @@ from .bn_calibration import use_configuration
 from .flops import evaluating
 from .modeling.backbone import build_slimmable_resnet_fpn_backbone
 from .modeling.slimmable_ops import SlimmableConv2d, SlimmableGroupNorm
+from .width import set_width
 
 
 def _plain_norm(norm, channels):
@@ -97,7 +98,5 @@ def build_frozen_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
 
     Used by the configs tools/freeze_width.py writes: weights come from the frozen checkpoint."""
     slimmable = build_slimmable_resnet_fpn_backbone(cfg, input_shape)
-    from .width import set_width
-
     set_width(slimmable, cfg.MUTUALNET.FROZEN_WIDTH)
     return freeze_backbone(slimmable, cfg.MUTUALNET.FROZEN_WIDTH, torch.zeros(1, input_shape.channels, 64, 64))
