@@ -13,7 +13,7 @@ import torch.nn as nn
 from detectron2.utils.analysis import FlopCountAnalysis as ModelFlopCountAnalysis
 from fvcore.nn import FlopCountAnalysis
 
-from .modeling.slimmable_ops import SlimmableConv2d
+from .modeling.slimmable_ops import used_channels
 
 
 @contextlib.contextmanager
@@ -49,23 +49,11 @@ def model_gflops(model: nn.Module, inputs: Dict) -> float:
 def active_parameters(model: nn.Module, image_tensor: torch.Tensor) -> int:
     """Parameters used at the current width: slimmable convs (and their norms) count only the
     channel slice they ran on; every other parameter counts fully."""
-    used_shapes = {}
-
-    def record(module, inputs, output):
-        used_shapes[module] = (output.shape[1], inputs[0].shape[1])
-
-    slim_convs = [m for m in model.modules() if isinstance(m, SlimmableConv2d)]
-    handles = [m.register_forward_hook(record) for m in slim_convs]
-    try:
-        with evaluating(model):
-            model.backbone(image_tensor)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with evaluating(model):
+        used = used_channels(model.backbone, image_tensor)
     counted = set()
     total = 0
-    for conv in slim_convs:
-        out_channels, in_channels = used_shapes[conv]
+    for conv, (in_channels, out_channels) in used.items():
         total += out_channels * in_channels * conv.weight.shape[2] * conv.weight.shape[3]
         total += out_channels if conv.bias is not None else 0
         counted.update(id(p) for p in conv.parameters())

@@ -18,7 +18,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, GeneralizedRCNN
 from .bn_calibration import use_configuration
 from .flops import evaluating
 from .modeling.backbone import build_slimmable_resnet_fpn_backbone
-from .modeling.slimmable_ops import SlimmableConv2d, SlimmableGroupNorm
+from .modeling.slimmable_ops import SlimmableConv2d, SlimmableGroupNorm, used_channels
 from .width import set_width
 
 
@@ -57,17 +57,10 @@ def _plain_conv(conv: SlimmableConv2d, in_channels: int, out_channels: int) -> C
 def freeze_backbone(backbone: nn.Module, width: float, example: torch.Tensor) -> nn.Module:
     """The backbone (already set to `width` with its statistics) with every slimmable conv
     replaced by a plain one of the channels it uses; `example` is a (1, 3, H, W) input."""
-    used = {}
-    convs = [m for m in backbone.modules() if isinstance(m, SlimmableConv2d)]
-    handles = [m.register_forward_hook(lambda m, i, o: used.__setitem__(m, (i[0].shape[1], o.shape[1]))) for m in convs]
-    try:
-        with evaluating(backbone):
-            backbone(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-    replacements = {conv: _plain_conv(conv, *used[conv]) for conv in convs}
-    frozen = copy.deepcopy(backbone, memo={id(c): replacements[c] for c in convs})
+    with evaluating(backbone):
+        used = used_channels(backbone, example)
+    replacements = {id(conv): _plain_conv(conv, *channels) for conv, channels in used.items()}
+    frozen = copy.deepcopy(backbone, memo=replacements)
     # plain lists (FPN's lateral/output convs) were copied through the memo as well
     for module in frozen.modules():
         module.__dict__.pop("width_range", None)

@@ -45,6 +45,10 @@ def count_by_size(areas: Sequence[float]) -> Dict[str, int]:
     return counts
 
 
+def _summary(counts: Dict[str, int]) -> str:
+    return "  ".join(f"{size} {count}" for size, count in counts.items())
+
+
 @dataclass
 class Panel:
     title: str
@@ -98,8 +102,7 @@ def prediction_panel(image_rgb, instances, metadata, title: str, threshold: floa
         masks=instances.pred_masks.numpy() if instances.has("pred_masks") else None,
         labels=labels).get_image()
     counts = count_by_size(areas)
-    summary = "  ".join(f"{k} {v}" for k, v in counts.items())
-    return Panel(title, _title_bar(drawn, [title, f"detections: {summary}"]), counts, instances)
+    return Panel(title, _title_bar(drawn, [title, f"detections: {_summary(counts)}"]), counts, instances)
 
 
 def annotation_area(annotation, height, width) -> float:
@@ -122,8 +125,7 @@ def ground_truth_panel(image_rgb, dataset_dict, metadata) -> Panel:
     areas = [annotation_area(a, image_rgb.shape[0], image_rgb.shape[1]) for a in annotations]
     drawn = Visualizer(image_rgb, metadata).draw_dataset_dict(dataset_dict).get_image()
     counts = count_by_size(areas)
-    summary = "  ".join(f"{k} {v}" for k, v in counts.items())
-    return Panel("ground truth", _title_bar(drawn, ["ground truth", f"objects: {summary}"]), counts)
+    return Panel("ground truth", _title_bar(drawn, ["ground truth", f"objects: {_summary(counts)}"]), counts)
 
 
 def compose_grid(rows: List[List[Panel]]) -> np.ndarray:

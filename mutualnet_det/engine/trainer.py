@@ -12,7 +12,7 @@ from detectron2.utils import comm
 from ..bn_calibration import calibrate_bn
 from ..config import validate_mutualnet_config
 from ..evaluation.width_sweep import build_evaluator, run_width_sweep, sweep_configurations
-from ..width import set_width
+from ..width import set_width, width_range_of
 from .cohort import sample_cohort
 from .sandwich_trainer import SandwichTrainer, unwrap
 
@@ -112,7 +112,7 @@ class MutualNetTrainer(DefaultTrainer):
         Returns {"<dataset>/w<width>_s<scale>": {"bbox": ..., "segm": ...}} for Detectron2's hooks.
         """
         module = unwrap(model)
-        widest = module.backbone.width_range[1] if hasattr(module.backbone, "width_range") else 1.0
+        widest = width_range_of(module)[1]
 
         def calibration_batches():
             return iter(cls.build_train_loader(cfg))

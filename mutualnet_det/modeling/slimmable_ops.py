@@ -116,6 +116,21 @@ class SlimmableGroupNorm(nn.GroupNorm):
         return F.group_norm(x, groups, self.weight[:channels], self.bias[:channels], self.eps)
 
 
+@torch.no_grad()
+def used_channels(module: nn.Module, *inputs) -> dict:
+    """{slimmable conv: (input channels, output channels)} of one forward of `module` at its
+    current width (run by the caller in the mode it wants, usually eval)."""
+    used = {}
+    convs = [m for m in module.modules() if isinstance(m, SlimmableConv2d)]
+    handles = [c.register_forward_hook(lambda m, i, o: used.__setitem__(m, (i[0].shape[1], o.shape[1]))) for c in convs]
+    try:
+        module(*inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return used
+
+
 def slimmable_norm_like(norm: nn.Module):
     """A slimmable norm with the same hyper-parameters and state as a Detectron2 norm layer."""
     if norm is None:
