@@ -10,13 +10,13 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image, ImageDraw, ImageFont
 from pycocotools import mask as mask_util
 
 from .bn_calibration import use_configuration
+from .data.rescale import scaled_test_input
 from .flops import model_gflops
 
 SMALL_MAX_AREA = 32 ** 2  # COCO: small < 32^2, large > 96^2 (pixels, original image)
@@ -72,11 +72,7 @@ class SlimmablePredictor:
                           self.cfg.MUTUALNET.BN_CALIB.NUM_BATCHES)
         self.model.eval()
         image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
-        resize = T.ResizeShortestEdge(round(self.cfg.INPUT.MIN_SIZE_TEST * resolution_scale),
-                                      round(self.cfg.INPUT.MAX_SIZE_TEST * resolution_scale))
-        resized = resize.get_transform(image).apply_image(image)
-        inputs = {"image": torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)),
-                  "height": image.shape[0], "width": image.shape[1]}
+        inputs = scaled_test_input(image, self.cfg, resolution_scale)
         instances = self.model([inputs])[0]["instances"].to("cpu")
         return instances, model_gflops(self.model, inputs)
 

@@ -25,6 +25,7 @@ from mutualnet_det import add_mutualnet_config, freeze_width
 from mutualnet_det.benchmark import time_call
 from mutualnet_det.bn_calibration import use_configuration
 from mutualnet_det.checkpoint import load_weights
+from mutualnet_det.data.rescale import scaled_test_input
 from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.flops import backbone_gflops, model_gflops
 
@@ -41,15 +42,6 @@ def load_cfg(path, opts=()):
     return cfg
 
 
-def scaled_input(image_bgr, cfg, scale):
-    from detectron2.data import transforms as T
-
-    resize = T.ResizeShortestEdge(round(cfg.INPUT.MIN_SIZE_TEST * scale), round(cfg.INPUT.MAX_SIZE_TEST * scale))
-    resized = resize.get_transform(image_bgr).apply_image(image_bgr)
-    return {"image": torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)),
-            "height": image_bgr.shape[0], "width": image_bgr.shape[1]}
-
-
 def inference_benchmark(cfg, weights, device, repeats):
     model = MutualNetTrainer.build_model(cfg).to(device).eval()
     if weights and os.path.isfile(weights):
@@ -63,7 +55,7 @@ def inference_benchmark(cfg, weights, device, repeats):
     stock.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("bn_stats_bank.")})
     rows, backbone_rows = [], []
     for scale in SCALES:
-        inputs = scaled_input(image, cfg, scale)
+        inputs = scaled_test_input(image, cfg, scale)
         tensor = model.preprocess_image([inputs]).tensor
         for width in WIDTHS:
             use_configuration(model, width, scale, train_batches, cfg.MUTUALNET.BN_CALIB.NUM_BATCHES)

@@ -79,3 +79,15 @@ def scaled_test_cfg(cfg, scale: float):
     cfg.INPUT.MAX_SIZE_TEST = max(1, int(round(cfg.INPUT.MAX_SIZE_TEST * scale)))
     cfg.freeze()
     return cfg
+
+
+def scaled_test_input(image, cfg, scale: float) -> Dict:
+    """A model input for one HWC image (in cfg.INPUT.FORMAT) resized by the test-time resize times
+    `scale`; "height"/"width" keep the original size, so outputs come back in its coordinates."""
+    from detectron2.data import transforms as T
+
+    scaled = scaled_test_cfg(cfg, scale)
+    resize = T.ResizeShortestEdge(scaled.INPUT.MIN_SIZE_TEST, scaled.INPUT.MAX_SIZE_TEST)
+    resized = resize.get_transform(image).apply_image(image)
+    return {"image": torch.as_tensor(resized.astype("float32").transpose(2, 0, 1)),
+            "height": image.shape[0], "width": image.shape[1]}
