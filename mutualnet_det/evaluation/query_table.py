@@ -2,6 +2,8 @@
 
 As in the MutualNet paper's deployment table, the table is the Pareto front of a width sweep in
 (GFLOPs, AP): a configuration is kept when no cheaper-or-equal configuration has at least its AP.
+The same front and query work on measured time: a latency table (mutualnet_det/latency.py) adds
+`latency_ms` (median milliseconds per image on one device) to each record.
 """
 import json
 from typing import Dict, List, Sequence, Tuple
@@ -14,9 +16,24 @@ def metric_of(record: Dict, metric: Tuple[str, str]) -> float:
     return float(record[task][name])
 
 
-def pareto_front(records: Sequence[Dict], metric=("bbox", "AP")) -> List[Dict]:
-    """Records on the (GFLOPs, metric) Pareto front, cheapest first."""
-    ordered = sorted(records, key=lambda r: (r["gflops"], -metric_of(r, metric)))
+# What a budget is counted in: the record key it is compared with and its unit.
+COSTS = {"gflops": "GFLOPs", "latency_ms": "ms"}
+
+
+def _cost_of(record: Dict, cost: str) -> float:
+    if cost not in COSTS:
+        raise ValueError(f"cost {cost!r} is not one of {sorted(COSTS)}")
+    if cost not in record:
+        source = "tools/profile_latency.py" if cost == "latency_ms" else "a width sweep"
+        raise ValueError(f"configuration width {record.get('width')}, scale {record.get('resolution_scale')} "
+                         f"has no {cost!r}: use a table written by {source}")
+    return float(record[cost])
+
+
+def pareto_front(records: Sequence[Dict], metric=("bbox", "AP"), cost: str = "gflops") -> List[Dict]:
+    """Records on the (cost, metric) Pareto front, cheapest first; cost is "gflops" or
+    "latency_ms" (a latency table's measured milliseconds)."""
+    ordered = sorted(records, key=lambda r: (_cost_of(r, cost), -metric_of(r, metric)))
     front, best = [], float("-inf")
     for record in ordered:
         value = metric_of(record, metric)
@@ -26,15 +43,23 @@ def pareto_front(records: Sequence[Dict], metric=("bbox", "AP")) -> List[Dict]:
     return front
 
 
-def best_config(table: Sequence[Dict], max_gflops: float, metric=("bbox", "AP")) -> Dict:
-    """The configuration with the highest metric costing at most `max_gflops` GFLOPs per image."""
-    affordable = [r for r in table if r["gflops"] <= max_gflops]
+def best_config(table: Sequence[Dict], max_gflops: float = None, metric=("bbox", "AP"), *,
+                max_ms: float = None) -> Dict:
+    """The configuration with the highest metric within a budget: at most `max_gflops` GFLOPs per
+    image, or (exactly one of the two) at most `max_ms` milliseconds per image as measured in a
+    latency table (its records' `latency_ms`). Ties go to the cheaper configuration."""
+    if (max_gflops is None) == (max_ms is None):
+        raise ValueError(f"give exactly one budget, max_gflops or max_ms (got max_gflops={max_gflops}, max_ms={max_ms})")
+    if not table:
+        raise ValueError("the table is empty: no configuration to choose from")
+    cost, budget = ("gflops", max_gflops) if max_ms is None else ("latency_ms", max_ms)
+    affordable = [r for r in table if _cost_of(r, cost) <= budget]
     if not affordable:
-        cheapest = min(table, key=lambda r: r["gflops"])
-        raise ValueError(f"budget {max_gflops} GFLOPs is below the cheapest configuration "
+        cheapest = min(table, key=lambda r: _cost_of(r, cost))
+        raise ValueError(f"budget {budget} {COSTS[cost]} is below the cheapest configuration "
                          f"(width {cheapest['width']}, scale {cheapest['resolution_scale']}: "
-                         f"{cheapest['gflops']:.3f} GFLOPs)")
-    return max(affordable, key=lambda r: (metric_of(r, metric), -r["gflops"]))
+                         f"{_cost_of(cheapest, cost):.3f} {COSTS[cost]})")
+    return max(affordable, key=lambda r: (metric_of(r, metric), -_cost_of(r, cost)))
 
 
 def load_sweep(path: str) -> List[Dict]:
