@@ -16,6 +16,9 @@ def add_mutualnet_config(cfg):
     _C.MUTUALNET.WIDTH_RANGE = DEFAULT_WIDTH_RANGE
     # Channel counts at width w are rounded to multiples of this (1 = official MutualNet ResNet).
     _C.MUTUALNET.CHANNEL_DIVISOR = 8
+    # False: only the backbone is slimmable (the paper). True: FPN outputs, the RPN head's conv and
+    # the box/mask heads' convs and FCs also follow the width (predictor outputs stay full).
+    _C.MUTUALNET.SLIMMABLE_HEADS = False
 
     _C.MUTUALNET.TRAIN = CN()
     # "mutualnet": sandwich over width, narrower members on down-scaled inputs;

@@ -46,19 +46,19 @@ def model_gflops(model: nn.Module, inputs: Dict) -> float:
 
 
 @torch.no_grad()
-def active_parameters(model: nn.Module, image_tensor: torch.Tensor) -> int:
-    """Parameters used at the current width: slimmable convs (and their norms) count only the
-    channel slice they ran on; every other parameter counts fully."""
+def active_parameters(model: nn.Module, inputs: Dict) -> int:
+    """Parameters used at the current width on one input dict: slimmable layers (and their norms)
+    count only the weight slice they ran on; every other parameter counts fully."""
     with evaluating(model):
-        used = used_channels(model.backbone, image_tensor)
+        used = used_channels(model, [inputs])
     counted = set()
     total = 0
-    for conv, (in_channels, out_channels) in used.items():
-        total += out_channels * in_channels * conv.weight.shape[2] * conv.weight.shape[3]
-        total += out_channels if conv.bias is not None else 0
-        counted.update(id(p) for p in conv.parameters())
-        if conv.norm is not None:
-            total += sum(out_channels for p in conv.norm.parameters())
+    for layer, (in_channels, out_channels) in used.items():
+        total += layer.active_weight(in_channels).numel()
+        total += out_channels if layer.bias is not None else 0
+        counted.update(id(p) for p in layer.parameters())
+        if getattr(layer, "norm", None) is not None:
+            total += sum(out_channels for p in layer.norm.parameters())
     return total + sum(p.numel() for p in model.parameters() if id(p) not in counted)
 
 
@@ -71,4 +71,4 @@ def configuration_cost(model: nn.Module, inputs_list: List[Dict]) -> Dict[str, f
         image_tensor = model.preprocess_image([inputs]).tensor
         gflops_backbone.append(backbone_gflops(model, image_tensor))
     return {"gflops": float(np.mean(gflops)), "gflops_backbone": float(np.mean(gflops_backbone)),
-            "params": int(active_parameters(model, image_tensor))}
+            "params": int(active_parameters(model, inputs_list[-1]))}

@@ -1,8 +1,10 @@
 """Fixed-width deployment: a slimmable model turned into an ordinary Detectron2 model at one
 (width, resolution scale), with physically sliced weights and no width logic left.
 
-Each slimmable conv becomes a plain Detectron2 `Conv2d` holding the channel slice it runs on at
-that width (found by running the backbone once with hooks), and each slimmable norm a plain one:
+Each slimmable layer becomes its plain twin (Detectron2 `Conv2d`, `nn.Linear`,
+`nn.ConvTranspose2d`) holding the weight slice it runs on at that width (found by running the
+model once with hooks; with MUTUALNET.SLIMMABLE_HEADS that includes the FPN outputs and the
+heads), and each slimmable norm a plain one:
 BN and SyncBN -> `nn.BatchNorm2d` with the configuration's calibrated statistics (from the BN
 stats bank; SyncBN and BN are the same at inference), FrozenBN -> `FrozenBatchNorm2d`, GN ->
 `nn.GroupNorm` with the groups used at that width.
@@ -14,12 +16,20 @@ import torch
 import torch.nn as nn
 from detectron2.layers import Conv2d, FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, GeneralizedRCNN
+from detectron2.modeling.backbone import FPN
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
 from .bn_calibration import use_configuration
 from .flops import evaluating
-from .modeling.backbone import build_slimmable_resnet_fpn_backbone
-from .modeling.slimmable_ops import SlimmableConv2d, SlimmableGroupNorm, used_channels
-from .width import set_width
+from .modeling.backbone import build_slimmable_resnet_backbone, build_slimmable_resnet_fpn_backbone
+from .modeling.slimmable_ops import (
+    SlimmableConv2d,
+    SlimmableConvTranspose2d,
+    SlimmableGroupNorm,
+    SlimmableLinear,
+    used_channels,
+)
+from .width import SlimmableLayer, set_width
 
 
 def _plain_norm(norm, channels):
@@ -43,25 +53,45 @@ def _plain_norm(norm, channels):
 
 
 def _plain_conv(conv: SlimmableConv2d, in_channels: int, out_channels: int) -> Conv2d:
-    plain = Conv2d(in_channels, out_channels, kernel_size=conv.kernel_size, stride=conv.stride,
-                   padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
-                   norm=_plain_norm(conv.norm, out_channels), activation=conv.activation)
+    return Conv2d(in_channels, out_channels, kernel_size=conv.kernel_size, stride=conv.stride,
+                  padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
+                  norm=_plain_norm(conv.norm, out_channels), activation=conv.activation)
+
+
+def _plain_linear(linear: SlimmableLinear, in_features: int, out_features: int) -> nn.Linear:
+    return nn.Linear(in_features, out_features, bias=linear.bias is not None)
+
+
+def _plain_conv_transpose(deconv: SlimmableConvTranspose2d, in_channels: int, out_channels: int) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(in_channels, out_channels, kernel_size=deconv.kernel_size, stride=deconv.stride,
+                              padding=deconv.padding, output_padding=deconv.output_padding,
+                              bias=deconv.bias is not None, dilation=deconv.dilation)
+
+
+PLAIN_TWINS = ((SlimmableConv2d, _plain_conv), (SlimmableLinear, _plain_linear),
+               (SlimmableConvTranspose2d, _plain_conv_transpose))
+
+
+def _plain_layer(layer: SlimmableLayer, in_channels: int, out_channels: int) -> nn.Module:
+    """The plain layer computing what `layer` computes on `in_channels` inputs at its width."""
+    make_plain = next(make for kind, make in PLAIN_TWINS if isinstance(layer, kind))
+    plain = make_plain(layer, in_channels, out_channels)
     with torch.no_grad():
-        plain.weight.copy_(conv.weight[:out_channels, :in_channels])
-        if conv.bias is not None:
-            plain.bias.copy_(conv.bias[:out_channels])
-    return plain.to(conv.weight.device)
+        plain.weight.copy_(layer.active_weight(in_channels))
+        if layer.bias is not None:
+            plain.bias.copy_(layer.bias[:out_channels])
+    return plain.to(layer.weight.device)
 
 
-@torch.no_grad()
-def freeze_backbone(backbone: nn.Module, width: float, example: torch.Tensor) -> nn.Module:
-    """The backbone (already set to `width` with its statistics) with every slimmable conv
-    replaced by a plain one of the channels it uses; `example` is a (1, 3, H, W) input."""
-    with evaluating(backbone):
-        used = used_channels(backbone, example)
-    replacements = {id(conv): _plain_conv(conv, *channels) for conv, channels in used.items()}
-    frozen = copy.deepcopy(backbone, memo=replacements)
-    # plain lists (FPN's lateral/output convs) were copied through the memo as well
+def _plain_copy(modules, used: dict):
+    """Deep copies of `modules` with every slimmable layer replaced by its plain twin (plain
+    lists holding layers, such as FPN's lateral/output convs, are copied through the memo too)."""
+    replacements = {id(layer): _plain_layer(layer, *channels) for layer, channels in used.items()}
+    return copy.deepcopy(modules, memo=replacements)
+
+
+def _finish_backbone(frozen: nn.Module, example: torch.Tensor) -> nn.Module:
+    """Drop the width range and record the ResNet's actual output channels."""
     for module in frozen.modules():
         module.__dict__.pop("width_range", None)
         if hasattr(module, "_out_feature_channels") and hasattr(module, "stages"):  # ResNet
@@ -71,17 +101,34 @@ def freeze_backbone(backbone: nn.Module, width: float, example: torch.Tensor) ->
     return frozen
 
 
+@torch.no_grad()
+def freeze_backbone(backbone: nn.Module, width: float, example: torch.Tensor) -> nn.Module:
+    """The backbone (already set to `width` with its statistics) with every slimmable layer
+    replaced by a plain one of the channels it uses; `example` is a (1, 3, H, W) input."""
+    with evaluating(backbone):
+        used = used_channels(backbone, example)
+    return _finish_backbone(_plain_copy(backbone, used), example)
+
+
+@torch.no_grad()
 def freeze_width(model: nn.Module, width: float, resolution_scale: float = 1.0) -> GeneralizedRCNN:
     """An ordinary GeneralizedRCNN computing what `model` computes at (width, resolution_scale).
 
     The configuration's BN statistics must be in the model's bank (or the model has no BN)."""
     use_configuration(model, width, resolution_scale)
-    example = torch.zeros(1, 3, 64, 64, device=model.pixel_mean.device)
-    backbone = freeze_backbone(model.backbone, width, example)
+    inputs = [{"image": torch.zeros(3, 64, 64, device=model.pixel_mean.device)}]
+    with evaluating(model):  # heads run even without detections (on empty RoI batches)
+        used = used_channels(model, inputs)
+    not_run = [name for name, m in model.named_modules() if isinstance(m, SlimmableLayer) and m not in used]
+    if not_run:
+        raise RuntimeError(f"slimmable layers {not_run} did not run on the example input; cannot freeze them")
+    backbone, proposal_generator, roi_heads = _plain_copy(
+        (model.backbone, model.proposal_generator, model.roi_heads), used)
     frozen = GeneralizedRCNN(
-        backbone=backbone, proposal_generator=copy.deepcopy(model.proposal_generator),
-        roi_heads=copy.deepcopy(model.roi_heads), pixel_mean=model.pixel_mean.flatten().tolist(),
-        pixel_std=model.pixel_std.flatten().tolist(), input_format=model.input_format, vis_period=0)
+        backbone=_finish_backbone(backbone, model.preprocess_image(inputs).tensor),
+        proposal_generator=proposal_generator, roi_heads=roi_heads,
+        pixel_mean=model.pixel_mean.flatten().tolist(), pixel_std=model.pixel_std.flatten().tolist(),
+        input_format=model.input_format, vis_period=0)
     return frozen.to(model.pixel_mean.device).train(model.training)
 
 
@@ -89,7 +136,17 @@ def freeze_width(model: nn.Module, width: float, resolution_scale: float = 1.0) 
 def build_frozen_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
     """The slimmable ResNet-FPN of this config frozen at MUTUALNET.FROZEN_WIDTH (plain modules).
 
-    Used by the configs tools/freeze_width.py writes: weights come from the frozen checkpoint."""
-    slimmable = build_slimmable_resnet_fpn_backbone(cfg, input_shape)
-    set_width(slimmable, cfg.MUTUALNET.FROZEN_WIDTH)
-    return freeze_backbone(slimmable, cfg.MUTUALNET.FROZEN_WIDTH, torch.zeros(1, input_shape.channels, 64, 64))
+    Used by the configs tools/freeze_width.py writes: weights come from the frozen checkpoint.
+    With MUTUALNET.SLIMMABLE_HEADS the frozen config already holds the FPN and head sizes of that
+    width (`modeling.head_channels_at`): the frozen ResNet under Detectron2's FPN of that size."""
+    width = cfg.MUTUALNET.FROZEN_WIDTH
+    example = torch.zeros(1, input_shape.channels, 64, 64)
+    if not cfg.MUTUALNET.SLIMMABLE_HEADS:
+        slimmable = build_slimmable_resnet_fpn_backbone(cfg, input_shape)
+        set_width(slimmable, width)
+        return freeze_backbone(slimmable, width, example)
+    slimmable = build_slimmable_resnet_backbone(cfg, input_shape)
+    set_width(slimmable, width)
+    return FPN(bottom_up=freeze_backbone(slimmable, width, example), in_features=cfg.MODEL.FPN.IN_FEATURES,
+               out_channels=cfg.MODEL.FPN.OUT_CHANNELS, norm=cfg.MODEL.FPN.NORM, top_block=LastLevelMaxPool(),
+               fuse_type=cfg.MODEL.FPN.FUSE_TYPE)

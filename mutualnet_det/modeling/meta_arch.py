@@ -1,17 +1,27 @@
 """`SlimmableRCNN`: Detectron2's GeneralizedRCNN that carries its BN stats bank.
 
-The forward pass is GeneralizedRCNN's; the only addition is `bn_stats_bank`, a child module so
-calibrated statistics per (width, resolution scale) are saved and loaded with the weights.
+The forward pass is GeneralizedRCNN's; the additions are `bn_stats_bank`, a child module so
+calibrated statistics per (width, resolution scale) are saved and loaded with the weights, and,
+with MUTUALNET.SLIMMABLE_HEADS, the conversion of the stock FPN outputs and heads Detectron2
+built into slimmable ones (`modeling/heads.py`; same parameter names and shapes).
 """
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 
 from ..bn_calibration import BNStatsBank
+from .heads import make_heads_slimmable
 
 
 @META_ARCH_REGISTRY.register()
 class SlimmableRCNN(GeneralizedRCNN):
     @configurable
-    def __init__(self, **kwargs):
+    def __init__(self, *, slimmable_heads: bool = False, channel_divisor: int = 8, **kwargs):
         super().__init__(**kwargs)
+        if slimmable_heads:
+            make_heads_slimmable(self.backbone, self.proposal_generator, self.roi_heads, divisor=channel_divisor)
         self.bn_stats_bank = BNStatsBank()
+
+    @classmethod
+    def from_config(cls, cfg):
+        return {**super().from_config(cfg), "slimmable_heads": cfg.MUTUALNET.SLIMMABLE_HEADS,
+                "channel_divisor": cfg.MUTUALNET.CHANNEL_DIVISOR}

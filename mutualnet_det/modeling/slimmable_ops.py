@@ -1,7 +1,9 @@
 """Slimmable layers: Detectron2's layers plus "use the first k channels".
 
-Conv: output channels follow the model width (`ChannelRule`), input channels follow the incoming
-tensor, so a conv never needs to know its predecessor. Norms read their channel count from the
+Conv, Linear, ConvTranspose: output channels follow the model width (`ChannelRule`; a fixed rule
+keeps them full, as for the heads' predictors), input channels follow the incoming tensor, so a
+layer never needs to know its predecessor. Each exposes `active_weight(in_channels)`, the weight
+slice it runs on (used by the forward, the parameter count and the fixed-width export). Norms read their channel count from the
 input, and slice as follows:
 - BatchNorm / SyncBN: one shared affine (weight, bias)[:c] and running statistics [:c] (the full
   buffers are updated in place through the slice). Statistics that are right for one width are
@@ -34,18 +36,65 @@ class SlimmableConv2d(Conv2d, SlimmableLayer):
         self.out_rule = out_rule or ChannelRule(self.out_channels)
         self.set_active_width(1.0)
 
-    def forward(self, x):
-        out_channels, in_channels = self.active_out_channels, x.shape[1]
+    def active_weight(self, in_channels: int) -> torch.Tensor:
         weight = self.weight
-        if out_channels != weight.shape[0] or in_channels != weight.shape[1]:
-            weight = weight[:out_channels, :in_channels]
-        bias = self.bias[:out_channels] if self.bias is not None else None
-        x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.active_out_channels != weight.shape[0] or in_channels != weight.shape[1]:
+            weight = weight[:self.active_out_channels, :in_channels]
+        return weight
+
+    def forward(self, x):
+        bias = self.bias[:self.active_out_channels] if self.bias is not None else None
+        x = F.conv2d(x, self.active_weight(x.shape[1]), bias, self.stride, self.padding, self.dilation, self.groups)
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:
             x = self.activation(x)
         return x
+
+
+class SlimmableLinear(nn.Linear, SlimmableLayer):
+    """nn.Linear on its first output features and on the input features the tensor brings.
+
+    A Linear after a flattened (C, H, W) map (the box head's fc1) needs nothing more: flattening
+    is channel-major, so the first c channels are exactly the first c * H * W features.
+    """
+
+    def __init__(self, *args, out_rule: ChannelRule = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.out_rule = out_rule or ChannelRule(self.out_features)
+        self.set_active_width(1.0)
+
+    def active_weight(self, in_features: int) -> torch.Tensor:
+        weight = self.weight
+        if self.active_out_channels != weight.shape[0] or in_features != weight.shape[1]:
+            weight = weight[:self.active_out_channels, :in_features]
+        return weight
+
+    def forward(self, x):
+        bias = self.bias[:self.active_out_channels] if self.bias is not None else None
+        return F.linear(x, self.active_weight(x.shape[-1]), bias)
+
+
+class SlimmableConvTranspose2d(nn.ConvTranspose2d, SlimmableLayer):
+    """nn.ConvTranspose2d (weight: in x out x kH x kW) on a channel slice (mask head's deconv)."""
+
+    def __init__(self, *args, out_rule: ChannelRule = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.groups != 1:
+            raise NotImplementedError("slimmable grouped transposed convolutions are not supported")
+        self.out_rule = out_rule or ChannelRule(self.out_channels)
+        self.set_active_width(1.0)
+
+    def active_weight(self, in_channels: int) -> torch.Tensor:
+        weight = self.weight
+        if in_channels != weight.shape[0] or self.active_out_channels != weight.shape[1]:
+            weight = weight[:in_channels, :self.active_out_channels]
+        return weight
+
+    def forward(self, x):
+        bias = self.bias[:self.active_out_channels] if self.bias is not None else None
+        return F.conv_transpose2d(x, self.active_weight(x.shape[1]), bias, self.stride, self.padding,
+                                  self.output_padding, self.groups, self.dilation)
 
 
 class SlimmableBatchNorm2d(nn.BatchNorm2d):
@@ -118,11 +167,13 @@ class SlimmableGroupNorm(nn.GroupNorm):
 
 @torch.no_grad()
 def used_channels(module: nn.Module, *inputs) -> dict:
-    """{slimmable conv: (input channels, output channels)} of one forward of `module` at its
-    current width (run by the caller in the mode it wants, usually eval)."""
+    """{slimmable layer: (input channels, output channels)} of one forward of `module` at its
+    current width (run by the caller in the mode it wants, usually eval); for a Linear, features.
+
+    A layer that did not run (e.g. a mask head on an image without detections) is absent."""
     used = {}
-    convs = [m for m in module.modules() if isinstance(m, SlimmableConv2d)]
-    handles = [c.register_forward_hook(lambda m, i, o: used.__setitem__(m, (i[0].shape[1], o.shape[1]))) for c in convs]
+    layers = [m for m in module.modules() if isinstance(m, SlimmableLayer)]
+    handles = [c.register_forward_hook(lambda m, i, o: used.__setitem__(m, (i[0].shape[1], o.shape[1]))) for c in layers]
     try:
         module(*inputs)
     finally:
@@ -174,3 +225,26 @@ def slimmable_conv_like(conv: Conv2d, out_rule: ChannelRule) -> SlimmableConv2d:
     for slim_param, param in zip(slim.parameters(), conv.parameters()):
         slim_param.requires_grad_(param.requires_grad)  # keep Detectron2's FREEZE_AT
     return slim.to(conv.weight.device)
+
+
+def slimmable_linear_like(linear: nn.Linear, out_rule: ChannelRule) -> SlimmableLinear:
+    """A SlimmableLinear with the sizes, weights and trainability of `linear`."""
+    slim = SlimmableLinear(linear.in_features, linear.out_features, bias=linear.bias is not None, out_rule=out_rule)
+    return _copy_parameters(linear, slim)
+
+
+def slimmable_conv_transpose_like(deconv: nn.ConvTranspose2d, out_rule: ChannelRule) -> SlimmableConvTranspose2d:
+    """A SlimmableConvTranspose2d with the hyper-parameters, weights and trainability of `deconv`."""
+    slim = SlimmableConvTranspose2d(
+        deconv.in_channels, deconv.out_channels, kernel_size=deconv.kernel_size, stride=deconv.stride,
+        padding=deconv.padding, output_padding=deconv.output_padding, groups=deconv.groups,
+        bias=deconv.bias is not None, dilation=deconv.dilation, out_rule=out_rule)
+    return _copy_parameters(deconv, slim)
+
+
+def _copy_parameters(source: nn.Module, slim: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for (name, slim_param), param in zip(slim.named_parameters(), source.parameters()):
+            slim_param.copy_(param)
+            slim_param.requires_grad_(param.requires_grad)
+    return slim.to(source.weight.device)

@@ -1,0 +1,183 @@
+"""Slimmable FPN outputs and heads (MUTUALNET.SLIMMABLE_HEADS) against Detectron2's own models.
+
+Width 1.0: the stock Mask R-CNN (same parameters, same outputs). Width w: a stock Detectron2 Mask
+R-CNN (its FPN, RPN and RoI heads, built by Detectron2 from a config) with the channel counts
+worked out by hand, over the plain reduced ResNet of reference_nets, weights copied by slicing.
+"""
+import pytest
+import torch
+from detectron2 import model_zoo
+from detectron2.modeling import GeneralizedRCNN, build_model, build_proposal_generator, build_roi_heads
+from detectron2.modeling.backbone import FPN
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from detectron2.utils.events import EventStorage
+
+import mutualnet_det
+from mutualnet_det import set_width
+from mutualnet_det.flops import model_gflops
+from mutualnet_det.modeling.slimmable_ops import SlimmableConv2d, SlimmableConvTranspose2d, SlimmableLinear
+
+from .reference_nets import plain_resnet, randomize_bn_stats, slice_like
+from .test_backbone import HAND_CHANNELS
+
+POOL = 7  # ROI_BOX_HEAD.POOLER_RESOLUTION
+# Full-width head sizes of the test models, and theirs at each width, worked out by hand with the
+# rule (multiple of 8, nearest, never > 10% down): e.g. 64 * 0.3 = 19.2 -> 16 is > 10% down -> 24.
+FULL = dict(fpn=64, fc=128, box_conv=32, mask_conv=32)
+HAND_HEADS = {
+    0.5: dict(fpn=32, fc=64, box_conv=16, mask_conv=16),
+    0.3: dict(fpn=24, fc=40, box_conv=16, mask_conv=16),
+}
+# R-18: one box conv before the FCs and BN in FPN and heads; R-50: FCs straight after RoIAlign, no norm.
+HEAD_SETTINGS = {18: dict(box_convs=1, norm="BN"), 50: dict(box_convs=0, norm="")}
+
+
+def mask_rcnn_cfg(depth, *, slimmable=True, heads=FULL, norm="", box_convs=0):
+    cfg = model_zoo.get_config("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
+    mutualnet_det.add_mutualnet_config(cfg)
+    cfg.merge_from_list([
+        "MODEL.DEVICE", "cpu", "MODEL.BACKBONE.FREEZE_AT", 0, "MODEL.RESNETS.DEPTH", depth, "MODEL.RESNETS.NORM", "BN",
+        "MODEL.RESNETS.RES2_OUT_CHANNELS", 64 if depth < 50 else 256, "MODEL.ROI_HEADS.NUM_CLASSES", 3,
+        "MODEL.FPN.OUT_CHANNELS", heads["fpn"], "MODEL.FPN.NORM", norm,
+        "MODEL.ROI_BOX_HEAD.NUM_CONV", box_convs, "MODEL.ROI_BOX_HEAD.CONV_DIM", heads["box_conv"],
+        "MODEL.ROI_BOX_HEAD.FC_DIM", heads["fc"], "MODEL.ROI_BOX_HEAD.NORM", norm,
+        "MODEL.ROI_MASK_HEAD.NUM_CONV", 2, "MODEL.ROI_MASK_HEAD.CONV_DIM", heads["mask_conv"],
+        "MODEL.ROI_MASK_HEAD.NORM", norm, "MODEL.RPN.POST_NMS_TOPK_TEST", 50,
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, "TEST.DETECTIONS_PER_IMAGE", 10,
+    ])
+    if slimmable:
+        cfg.MODEL.META_ARCHITECTURE = "SlimmableRCNN"
+        cfg.MODEL.BACKBONE.NAME = "build_slimmable_resnet_fpn_backbone"
+        cfg.MUTUALNET.SLIMMABLE_HEADS = True
+    return cfg
+
+
+def randomized(model, seed=0):
+    """Random BN statistics/affines and head biases, so that slicing errors show in the outputs."""
+    randomize_bn_stats(model, seed)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") and not name.startswith("backbone.bottom_up"):
+                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
+    return model.eval()
+
+
+def image_inputs(seed=0, height=96, width=128):
+    generator = torch.Generator().manual_seed(seed)
+    return [{"image": torch.randint(0, 256, (3, height, width), generator=generator).float(), "height": height, "width": width}]
+
+
+def assert_same_detections(expected, actual, tolerance=1e-4):
+    assert len(expected) == len(actual) > 0
+    assert (expected.pred_boxes.tensor - actual.pred_boxes.tensor).abs().max() <= tolerance
+    assert (expected.scores - actual.scores).abs().max() <= tolerance
+    assert torch.equal(expected.pred_classes, actual.pred_classes)
+    assert (expected.pred_masks.float() - actual.pred_masks.float()).abs().mean() <= 1e-3
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_width_one_is_detectron2_mask_rcnn(depth):
+    settings = HEAD_SETTINGS[depth]
+    torch.manual_seed(0)
+    stock = randomized(build_model(mask_rcnn_cfg(depth, slimmable=False, **settings)))
+    ours = build_model(mask_rcnn_cfg(depth, **settings)).eval()
+    # a stock checkpoint loads strictly: same names, same shapes (the bank is empty)
+    assert {k: v.shape for k, v in stock.state_dict().items()} == {k: v.shape for k, v in ours.state_dict().items()}
+    ours.load_state_dict(stock.state_dict(), strict=True)
+    slimmable_types = (SlimmableConv2d, SlimmableLinear, SlimmableConvTranspose2d)
+    head_layers = [m for part in (ours.proposal_generator, ours.roi_heads) for m in part.modules()
+                   if isinstance(m, slimmable_types)]
+    # RPN conv + 2 predictors; box convs + 2 FCs + 2 predictors; 2 mask convs + deconv + predictor
+    assert len(head_layers) == 3 + settings["box_convs"] + 4 + 4
+    inputs = image_inputs()
+    with torch.no_grad():
+        assert_same_detections(stock(inputs)[0]["instances"], ours(inputs)[0]["instances"], tolerance=1e-5)
+
+
+def reference_at(depth, width, settings):
+    """Stock Detectron2 Mask R-CNN with the hand-computed channel counts at `width`."""
+    backbone_channels, heads = HAND_CHANNELS[(depth, width)], HAND_HEADS[width]
+    cfg = mask_rcnn_cfg(depth, slimmable=False, heads=heads, **settings)
+    bottom_up = plain_resnet(depth, backbone_channels["stem"], backbone_channels["outs"], backbone_channels["inners"])
+    fpn = FPN(bottom_up, ["res2", "res3", "res4", "res5"], heads["fpn"], norm=settings["norm"], top_block=LastLevelMaxPool())
+    shapes = fpn.output_shape()
+    return GeneralizedRCNN(backbone=fpn, proposal_generator=build_proposal_generator(cfg, shapes),
+                           roi_heads=build_roi_heads(cfg, shapes), pixel_mean=cfg.MODEL.PIXEL_MEAN,
+                           pixel_std=cfg.MODEL.PIXEL_STD, input_format=cfg.INPUT.FORMAT)
+
+
+def load_sliced_detector(reference, full_state):
+    """Every reference tensor is the leading slice of ours, except the first box FC's weight: its
+    inputs are a flattened (C, 7, 7) map, so it takes the columns of the first C channels."""
+    for name, tensor in reference.state_dict().items():
+        full = full_state[name]
+        if name == "roi_heads.box_head.fc1.weight":
+            out_features, in_features = tensor.shape
+            full = full.view(full.shape[0], -1, POOL * POOL)[:out_features, :in_features // (POOL * POOL)]
+            tensor.copy_(full.reshape(out_features, in_features))
+        else:
+            tensor.copy_(slice_like(full, tensor.shape))
+
+
+@pytest.mark.parametrize("depth", [18, 50])
+def test_width_w_is_detectron2_mask_rcnn_with_reduced_channels(depth):
+    settings = HEAD_SETTINGS[depth]
+    torch.manual_seed(0)
+    ours = randomized(build_model(mask_rcnn_cfg(depth, **settings)))
+    inputs = image_inputs(seed=1)
+    for width in (0.5, 0.3):
+        reference = reference_at(depth, width, settings).eval()
+        load_sliced_detector(reference, ours.state_dict())
+        set_width(ours, width)
+        with torch.no_grad():
+            features, reference_features = ours.backbone(ours.preprocess_image(inputs).tensor), \
+                reference.backbone(reference.preprocess_image(inputs).tensor)
+            assert all(f.shape[1] == HAND_HEADS[width]["fpn"] for f in features.values())
+            for name in reference_features:
+                assert (features[name] - reference_features[name]).abs().max() <= 1e-4, name
+            assert_same_detections(reference(inputs)[0]["instances"], ours(inputs)[0]["instances"])
+        # fvcore's count of the whole stock reduced detector is ours at that width
+        assert model_gflops(ours, inputs[0]) == pytest.approx(model_gflops(reference, inputs[0]), rel=1e-9)
+        # training losses (same proposal/RoI sampling: same seed)
+        batch = [dict(inputs[0], instances=_instances())]
+        losses = []
+        for model in (reference, ours):
+            torch.manual_seed(3)
+            with EventStorage():
+                losses.append(model.train()(batch))
+            model.eval()
+        for name, value in losses[0].items():
+            assert losses[1][name].item() == pytest.approx(value.item(), rel=1e-4, abs=1e-5), name
+
+
+def _instances():
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    boxes = torch.tensor([[10.0, 12.0, 60.0, 70.0], [50.0, 20.0, 120.0, 90.0]])
+    masks = torch.zeros(2, 96, 128, dtype=torch.bool)
+    for mask, (x0, y0, x1, y1) in zip(masks, boxes.int().tolist()):
+        mask[y0:y1, x0:x1] = True
+    return Instances((96, 128), gt_boxes=Boxes(boxes), gt_classes=torch.tensor([0, 2]), gt_masks=BitMasks(masks))
+
+
+def test_predictor_outputs_stay_full_and_default_heads_are_stock():
+    torch.manual_seed(0)
+    ours = build_model(mask_rcnn_cfg(18)).eval()
+    set_width(ours, 0.25)
+    inputs = image_inputs()
+    with torch.no_grad():
+        features = ours.backbone(ours.preprocess_image(inputs).tensor)
+        logits, deltas = ours.proposal_generator.rpn_head([features["p2"]])
+        assert features["p2"].shape[1] == 16  # 64 * 0.25
+        assert logits[0].shape[1] == 3 and deltas[0].shape[1] == 12  # 3 anchors per position
+        scores, box_deltas = ours.roi_heads.box_predictor(ours.roi_heads.box_head(torch.randn(5, 16, POOL, POOL)))
+        assert scores.shape == (5, 4) and box_deltas.shape == (5, 12)
+        assert ours.roi_heads.mask_head.layers(torch.randn(5, 16, 14, 14)).shape == (5, 3, 28, 28)
+    cfg = mask_rcnn_cfg(18)
+    cfg.MUTUALNET.SLIMMABLE_HEADS = False  # the default: stock heads, FPN outputs full
+    backbone_only = build_model(cfg)
+    assert not any(isinstance(m, (SlimmableConv2d, SlimmableLinear)) for m in backbone_only.roi_heads.modules())
+    set_width(backbone_only, 0.25)
+    with torch.no_grad():
+        assert backbone_only.backbone(backbone_only.preprocess_image(inputs).tensor)["p2"].shape[1] == 64
