@@ -23,7 +23,7 @@ import itertools
 import json
 import os
 import platform
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -84,6 +84,15 @@ def check_banked(model: nn.Module, configurations: Sequence[Configuration]) -> N
                          "belong to these weights, or they were saved before BN calibration")
 
 
+def validation_images(cfg, num_images: int = None) -> List[np.ndarray]:
+    """The first `num_images` (default all) images of cfg.DATASETS.TEST[0], BGR, original size."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.detection_utils import read_image
+
+    dataset = DatasetCatalog.get(cfg.DATASETS.TEST[0])
+    return [read_image(d["file_name"], format="BGR") for d in dataset[:num_images]]
+
+
 def check_sweep_matches_model(cfg, model: nn.Module, sweep: Sequence[Dict], images: Sequence[np.ndarray]) -> None:
     """Raise ValueError when the sweep's backbone GFLOPs at its widest and narrowest width (largest
     scale) differ from this model's, on the first MUTUALNET.TEST.FLOPS_NUM_IMAGES images (the ones
@@ -117,8 +126,8 @@ def profile_latency(cfg, model: nn.Module, sweep: Sequence[Dict], images: Sequen
                     timer: Callable = time_call, progress: bool = True) -> Dict:
     """Time every configuration of `sweep` on this device; returns the latency table (see module doc).
 
-    images: validation images (HWC, in cfg.INPUT.FORMAT) at their original size; each timed call
-    runs one of them, cycling, `repeats_per_image` times each after `warmup` calls.
+    images: validation images (HWC, BGR as DefaultPredictor takes them) at their original size;
+    each timed call runs one of them, cycling, `repeats_per_image` times each after `warmup` calls.
     timer: `time_call`'s signature (function, device, warmup, repeats) -> statistics in ms.
     """
     if not sweep:
@@ -133,7 +142,8 @@ def profile_latency(cfg, model: nn.Module, sweep: Sequence[Dict], images: Sequen
     for record in tqdm(sweep, desc="timing configurations", disable=not progress):
         width, scale = configuration_of(record)
         use_configuration(model, width, scale)
-        inputs = itertools.cycle([scaled_test_input(image, cfg, scale) for image in images])
+        inputs = itertools.cycle([scaled_test_input(image[:, :, ::-1] if cfg.INPUT.FORMAT == "RGB" else image, cfg, scale)
+                                  for image in images])
         stats = timer(lambda: model([next(inputs)]), device, warmup, len(images) * repeats_per_image)
         records.append({**record, "latency_ms": stats["median_ms"], "latency_iqr_ms": stats["iqr_ms"],
                         "latency_min_ms": stats["min_ms"], "latency_max_ms": stats["max_ms"],

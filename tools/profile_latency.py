@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""Time every (width, scale) of a trained model's width sweep on this device; write the latency
+table (latency_table.json / .csv: AP, GFLOPs, median and IQR milliseconds, front by ms).
+
+    python tools/profile_latency.py --config-file configs/Shapes/mutualnet_mask_rcnn_R_18_FPN.yaml
+    python tools/profile_latency.py --config-file X --weights W.pth --sweep S/width_sweep.json --num-images 20
+Defaults: weights MODEL.WEIGHTS or <OUTPUT_DIR>/model_final.pth; sweep
+<OUTPUT_DIR>/inference/<DATASETS.TEST[0]>/width_sweep.json; output beside the sweep. Trailing
+KEY VALUE pairs override the config (e.g. MODEL.DEVICE cuda).
+"""
+import argparse
+import os
+import sys
+
+import mutualnet_det  # noqa: F401  (registration; before other Detectron2 imports)
+from detectron2.config import get_cfg
+from detectron2.utils.logger import setup_logger
+
+from mutualnet_det import add_mutualnet_config, validate_mutualnet_config
+from mutualnet_det.checkpoint import CheckpointError, load_weights
+from mutualnet_det.engine.trainer import MutualNetTrainer
+from mutualnet_det.evaluation.query_table import load_sweep
+from mutualnet_det.latency import (check_sweep_matches_model, format_latency_table, profile_latency,
+                                   validation_images, write_latency_table)
+
+
+def load_trained(config_file, opts=(), weights=None):
+    """(cfg, model in eval mode with its weights and BN stats bank) for a trained config."""
+    if not os.path.isfile(config_file):
+        raise ValueError(f"config file {config_file!r} does not exist")
+    cfg = get_cfg()
+    add_mutualnet_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.MODEL.WEIGHTS = weights or cfg.MODEL.WEIGHTS or os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    validate_mutualnet_config(cfg)
+    cfg.freeze()
+    model = MutualNetTrainer.build_model(cfg)
+    load_weights(model, cfg.MODEL.WEIGHTS)
+    return cfg, model.eval()
+
+
+def default_sweep(cfg):
+    return os.path.join(cfg.OUTPUT_DIR, "inference", cfg.DATASETS.TEST[0], "width_sweep.json")
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--weights", help="trained checkpoint (with its BN stats bank)")
+    parser.add_argument("--sweep", help="width_sweep.json of these weights")
+    parser.add_argument("--num-images", type=int, default=20, help="validation images timed per configuration")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per configuration")
+    parser.add_argument("--repeats-per-image", type=int, default=1)
+    parser.add_argument("--metric", default="bbox.AP", help="task.metric the front maximises")
+    parser.add_argument("-o", "--output", help="output folder (default: beside the sweep)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    setup_logger(name="mutualnet_det")
+    if args.num_images < 1 or args.warmup < 0 or args.repeats_per_image < 1:
+        raise ValueError("need --num-images >= 1, --warmup >= 0 and --repeats-per-image >= 1")
+    cfg, model = load_trained(args.config_file, args.opts, args.weights)
+    sweep_path = args.sweep or default_sweep(cfg)
+    sweep = load_sweep(sweep_path)
+    metric = tuple(args.metric.split("."))
+    if len(metric) != 2 or metric[0] not in sweep[0] or metric[1] not in sweep[0][metric[0]]:
+        raise ValueError(f"--metric {args.metric!r} is not in the sweep; use task.metric, e.g. bbox.AP or segm.AP")
+    images = validation_images(cfg, args.num_images)
+    check_sweep_matches_model(cfg, model, sweep, images)
+    table = profile_latency(cfg, model, sweep, images, warmup=args.warmup,
+                            repeats_per_image=args.repeats_per_image, metric=metric)
+    table.update(weights=os.path.abspath(cfg.MODEL.WEIGHTS), sweep=os.path.abspath(sweep_path))
+    path = write_latency_table(table, args.output or os.path.dirname(os.path.abspath(sweep_path)))
+    print(format_latency_table(table))
+    print(f"{table['setting']} slimmable model on {table['device_name']} ({table['torch_threads']} torch threads); "
+          f"one switch (width + banked BN statistics): {table['switch']['median_ms']:.2f} ms median")
+    print(f"written to {path} (and .csv)")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ValueError, CheckpointError) as err:
+        sys.exit(f"error: {err}")
