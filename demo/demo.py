@@ -6,10 +6,14 @@
         --dataset shapes_val --num-images 4 --widths 1.0 0.5 0.25 --output output/demo
     python demo/demo.py --config-file X --input images/*.jpg --width 0.5 --output out/ \
         --opts MODEL.WEIGHTS model.pth
+Runtime adaptation: one model, the configuration chosen per frame to keep a latency budget (from
+the latency table of tools/profile_latency.py; images or a video file):
+    python demo/demo.py --config-file X --input clip.mp4 --latency-budget 100 --output out/
 Weights: MODEL.WEIGHTS of each config (or --opts / --compare-weights); default
 <OUTPUT_DIR>/model_final.pth.
 """
 import argparse
+import csv
 import glob
 import os
 import sys
@@ -23,11 +27,14 @@ from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from mutualnet_det import add_mutualnet_config, validate_mutualnet_config, validate_width
+from mutualnet_det.adaptive import AdaptivePredictor
 from mutualnet_det.checkpoint import CheckpointError, load_weights
 from mutualnet_det.engine.trainer import MutualNetTrainer
-from mutualnet_det.visualization import SlimmablePredictor, render_comparison
+from mutualnet_det.latency import load_latency_table
+from mutualnet_det.visualization import SlimmablePredictor, prediction_panel, render_comparison
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
 def get_parser():
@@ -43,6 +50,10 @@ def get_parser():
     parser.add_argument("--widths", type=float, nargs="+", help="several widths: one row each")
     parser.add_argument("--resolution-scale", type=float, default=1.0, help="input scale for both models")
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument("--latency-budget", type=float, metavar="MS",
+                        help="run one model adaptively within MS milliseconds per frame (images or a video)")
+    parser.add_argument("--latency-table", help="latency_table.json of tools/profile_latency.py (default: "
+                        "<OUTPUT_DIR>/inference/<DATASETS.TEST[0]>/latency_table.json)")
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides of the first config")
     return parser
 
@@ -77,10 +88,86 @@ def expand_inputs(patterns):
     return paths
 
 
+def read_frames(path):
+    """(frame number, BGR image) of a video file, or (0, image) of an image file."""
+    if not path.lower().endswith(VIDEO_EXTENSIONS):
+        yield 0, read_image(path, format="BGR")
+        return
+    video = cv2.VideoCapture(path)
+    if not video.isOpened():
+        raise ValueError(f"cannot open video {path!r}")
+    try:
+        number = 0
+        while True:
+            ok, frame = video.read()
+            if not ok:
+                break
+            yield number, frame
+            number += 1
+    finally:
+        video.release()
+
+
+def run_adaptive(args, items):
+    """One model under a latency budget: a PNG per image (a video per video) titled with the
+    configuration chosen and the time of each frame; a CSV log of every frame."""
+    if args.compare_config or args.width is not None or args.widths:
+        raise ValueError("--latency-budget chooses the width per frame: drop --compare-config, --width and --widths")
+    slimmable = load_predictor(args.config_file, args.opts)
+    cfg = slimmable.cfg
+    table_path = args.latency_table or os.path.join(cfg.OUTPUT_DIR, "inference", cfg.DATASETS.TEST[0], "latency_table.json")
+    predictor = AdaptivePredictor(cfg, slimmable.model, load_latency_table(table_path), args.latency_budget)
+    metadata = MetadataCatalog.get(args.dataset or cfg.DATASETS.TEST[0])
+    log_path = os.path.join(args.output, "adaptive_frames.csv")
+    failures = 0
+    with open(log_path, "w", newline="") as log:
+        writer = csv.writer(log)
+        writer.writerow(["input", "frame", "width", "resolution_scale", "latency_ms", "switch_ms", "within_budget"])
+        for path, _ in tqdm(items, desc="adaptive"):
+            video_out, stem = None, os.path.splitext(os.path.basename(path))[0]
+            try:
+                for number, image in read_frames(path):
+                    instances = predictor(image)["instances"].to("cpu")
+                    frame = predictor.last
+                    title = (f"w {frame.width:g} s {frame.resolution_scale:g}  {frame.latency_ms:.0f}/"
+                             f"{args.latency_budget:g} ms{'  switched' if frame.switched else ''}")
+                    drawn = prediction_panel(image[:, :, ::-1], instances, metadata, title, args.confidence_threshold).image
+                    tqdm.write(f"{path} frame {number}: width {frame.width:g}, scale {frame.resolution_scale:g}, "
+                               f"{frame.latency_ms:.1f} ms ({'within' if frame.within_budget else 'over'} the budget)"
+                               + (f", switched in {frame.switch_ms:.2f} ms" if frame.switched else ""))
+                    writer.writerow([path, number, frame.width, frame.resolution_scale, f"{frame.latency_ms:.3f}",
+                                     f"{frame.switch_ms:.3f}", int(frame.within_budget)])
+                    if path.lower().endswith(VIDEO_EXTENSIONS):
+                        if video_out is None:
+                            video_out = cv2.VideoWriter(os.path.join(args.output, stem + "_adaptive.mp4"),
+                                                        cv2.VideoWriter_fourcc(*"mp4v"), 10, drawn.shape[1::-1])
+                        video_out.write(drawn[:, :, ::-1])
+                    else:
+                        cv2.imwrite(os.path.join(args.output, stem + "_adaptive.png"), drawn[:, :, ::-1])
+            except Exception as err:  # an unreadable input is skipped, the others still run
+                tqdm.write(f"skipped {path}: {type(err).__name__}: {err}")
+                failures += 1
+            finally:
+                if video_out is not None:
+                    video_out.release()
+    frames = predictor.frames
+    if frames:
+        print(f"{sum(f.within_budget for f in frames)} of {len(frames)} frames within {args.latency_budget:g} ms; "
+              f"{sum(f.switched for f in frames)} switches; log: {log_path}")
+    if failures:
+        print(f"{failures} of {len(items)} inputs could not be run", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def main(args):
     setup_logger(name="mutualnet_det")
     if not args.input and not args.dataset:
         raise ValueError("give --input images or --dataset NAME")
+    items = [(d["file_name"], d) for d in DatasetCatalog.get(args.dataset)[:args.num_images]] if args.dataset else []
+    items += [(path, None) for path in expand_inputs(args.input)]
+    os.makedirs(args.output, exist_ok=True)
+    if args.latency_budget is not None:
+        return run_adaptive(args, items)
     predictors = [load_predictor(args.config_file, args.opts)]
     if args.compare_config:
         predictors.append(load_predictor(args.compare_config, [], args.compare_weights))
@@ -89,9 +176,6 @@ def main(args):
     if not 0 < args.resolution_scale <= 1:
         raise ValueError(f"--resolution-scale {args.resolution_scale} must be in (0, 1]")
     metadata = MetadataCatalog.get(args.dataset or predictors[0].cfg.DATASETS.TEST[0])
-    items = [(d["file_name"], d) for d in DatasetCatalog.get(args.dataset)[:args.num_images]] if args.dataset else []
-    items += [(path, None) for path in expand_inputs(args.input)]
-    os.makedirs(args.output, exist_ok=True)
     failures = 0
     for path, dataset_dict in tqdm(items, desc="rendering"):
         try:

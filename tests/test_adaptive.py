@@ -188,3 +188,46 @@ def test_predictor_refuses_unbanked_configurations_and_another_setting(simulated
         AdaptivePredictor(cfg, model, dict(latency_table(PREDICTOR_MS), setting="backbone+roi_heads"), 50.0, clock=clock)
     with pytest.raises(ValueError, match="below the cheapest configuration"):
         AdaptivePredictor(cfg, model, latency_table(PREDICTOR_MS), 10.0, clock=clock)
+
+
+def test_demo_runs_a_video_under_a_budget_and_logs_each_frame(tmp_path):
+    import csv
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import cv2
+    from detectron2.checkpoint import DetectionCheckpointer
+    from helpers import REPO, SHAPES_CONFIG
+
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    model = MutualNetTrainer.build_model(cfg)
+    for configuration in PREDICTOR_MS:
+        model.bn_stats_bank.store(model, *configuration)
+    DetectionCheckpointer(model, str(tmp_path)).save("model")
+    (tmp_path / "latency_table.json").write_text(json.dumps(latency_table(PREDICTOR_MS)))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(f"""_BASE_: "{SHAPES_CONFIG}"
+MODEL: {{RESNETS: {{STEM_OUT_CHANNELS: 16}}, FPN: {{OUT_CHANNELS: 32}}, ROI_BOX_HEAD: {{FC_DIM: 32}},
+        ROI_MASK_HEAD: {{CONV_DIM: 16, NUM_CONV: 1}}, RPN: {{POST_NMS_TOPK_TEST: 20}}}}
+INPUT: {{MIN_SIZE_TEST: 64, MAX_SIZE_TEST: 64}}
+""")
+    writer = cv2.VideoWriter(str(tmp_path / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 48))
+    for value in (40, 120, 200):
+        writer.write(np.full((48, 64, 3), value, dtype=np.uint8))
+    writer.release()
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "demo", "demo.py"), "--config-file", str(config), "--input",
+         str(tmp_path / "clip.avi"), "--latency-budget", "100000", "--latency-table", str(tmp_path / "latency_table.json"),
+         "--output", str(tmp_path / "out"), "--opts", "MODEL.WEIGHTS", str(tmp_path / "model.pth")],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "adaptive_frames.csv")))
+    # a budget no configuration reaches: the best of the front, (1.0, 1.0), on every frame
+    assert [(r["frame"], r["width"], r["resolution_scale"], r["within_budget"]) for r in rows] == \
+        [(str(i), "1.0", "1.0", "1") for i in range(3)]
+    assert "frame 2: width 1, scale 1" in result.stdout + result.stderr
+    video = cv2.VideoCapture(str(tmp_path / "out" / "clip_adaptive.mp4"))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 3

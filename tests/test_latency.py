@@ -12,7 +12,7 @@ import mutualnet_det
 from mutualnet_det.bn_calibration import bn_layers
 from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.evaluation.query_table import best_config, pareto_front
-from mutualnet_det.flops import configuration_cost
+from mutualnet_det.flops import backbone_gflops
 from mutualnet_det.data.rescale import scaled_test_input
 from mutualnet_det.latency import (check_banked, check_sweep_matches_model, load_latency_table, profile_latency,
                                    write_latency_table)
@@ -75,22 +75,26 @@ def banked_model():
     return cfg, model
 
 
-def fake_sweep(cfg, model, images):
-    """Sweep records with the costs the width sweep itself would write (flops.configuration_cost)."""
+@pytest.fixture(scope="module")
+def sweep_and_images(banked_model):
+    """Two validation-like images and sweep records whose backbone GFLOPs are what the width sweep
+    writes (flops.backbone_gflops on the first image; whole-model GFLOPs made up)."""
+    cfg, model = banked_model
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (48, 80, 3), dtype=np.uint8) for _ in range(2)]  # long side resized to 64
     records = []
     for width, scale in CONFIGURATIONS:
         set_width(model, width)
-        cost = configuration_cost(model, [scaled_test_input(images[0], cfg, scale)])
-        records.append({"width": width, "resolution_scale": scale, "bn_stats": "bank", **cost,
+        tensor = model.preprocess_image([scaled_test_input(images[0], cfg, scale)]).tensor
+        records.append({"width": width, "resolution_scale": scale, "bn_stats": "bank", "gflops": width * scale,
+                        "gflops_backbone": backbone_gflops(model, tensor),
                         "bbox": {"AP": AP[(width, scale)]}, "segm": {"AP": AP[(width, scale)] - 1}})
-    return records
+    return records, images
 
 
-def test_profile_times_every_configuration_at_its_input_size_and_writes_the_table(banked_model, tmp_path):
+def test_profile_times_every_configuration_at_its_input_size_and_writes_the_table(banked_model, sweep_and_images, tmp_path):
     cfg, model = banked_model
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (48, 80, 3), dtype=np.uint8) for _ in range(2)]  # long side resized to 64 (test resize)
-    sweep = fake_sweep(cfg, model, images)
+    sweep, images = sweep_and_images
     calls = []
 
     def simulated_timer(function, device, warmup, repeats):
@@ -121,7 +125,7 @@ def test_profile_times_every_configuration_at_its_input_size_and_writes_the_tabl
     assert [(r["width"], r["resolution_scale"], r["latency_ms"]) for r in table["configurations"]] == \
         [(1.0, 1.0, 100.0), (1.0, 0.5, 40.0), (0.25, 1.0, 70.0), (0.25, 0.5, 35.0)]
     assert table["configurations"][0]["latency_iqr_ms"] == 10.0 and table["configurations"][0]["latency_calls"] == 6
-    assert table["configurations"][1]["gflops"] == sweep[1]["gflops"] and table["configurations"][1]["bbox"]["AP"] == 22.0
+    assert table["configurations"][1]["gflops"] == 0.5 and table["configurations"][1]["bbox"]["AP"] == 22.0
     # by hand, fastest first: 35/12 kept, 40/22 kept, 70/20 dominated, 100/30 kept
     assert [(r["width"], r["resolution_scale"]) for r in table["front"]] == [(0.25, 0.5), (1.0, 0.5), (1.0, 1.0)]
     assert table["setting"] == "backbone-only" and table["device"] == "cpu" and table["num_images"] == 2
@@ -135,10 +139,9 @@ def test_profile_times_every_configuration_at_its_input_size_and_writes_the_tabl
     assert best_config(load_latency_table(path)["configurations"], max_ms=69)["resolution_scale"] == 0.5
 
 
-def test_sweep_of_another_model_or_unbanked_configuration_is_refused(banked_model):
+def test_sweep_of_another_model_or_unbanked_configuration_is_refused(banked_model, sweep_and_images):
     cfg, model = banked_model
-    images = [np.zeros((64, 64, 3), dtype=np.uint8)]
-    sweep = fake_sweep(cfg, model, images)
+    sweep, images = sweep_and_images
     check_sweep_matches_model(cfg, model, sweep, images)  # the sweep's own numbers pass
     other = [dict(r, gflops_backbone=r["gflops_backbone"] * 1.3) if r["width"] == 0.25 else r for r in sweep]
     with pytest.raises(ValueError, match="does not match this model: at width 0.25, scale 1"):
