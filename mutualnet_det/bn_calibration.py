@@ -7,7 +7,14 @@ MutualNet do, we re-estimate them after training:
     calibrate_bn(model, batches, width, resolution_scale, num_batches)
         resets the running mean/var of every BatchNorm layer (FrozenBN has none to reset), runs
         `num_batches` training batches at that configuration in train mode without gradients,
-        and keeps the cumulative (equally weighted) mean/var, like BN with momentum=None.
+        and keeps the cumulative (equally weighted) average of the batch means and of the
+        unbiased batch variances, like BN with momentum=None (with SyncBN: of the global, all-rank
+        batch statistics).
+
+The calibration batches must look like what the configuration is evaluated on: training images
+with ground truth (the model runs in train mode), resized as the *test-time* resize times the
+resolution scale, which is exactly what `build_calibration_loader(cfg, resolution_scale)` yields.
+Calibration runs in float32 (outside any autocast), so banked statistics are float32.
 
 The result is stored in the model's `bn_stats_bank` (a child module of the meta-architecture, so
 DetectionCheckpointer saves and loads it with the weights). `use_configuration` sets a width and
@@ -18,9 +25,11 @@ from typing import Callable, Dict, Iterator, List, Tuple
 
 import torch
 import torch.nn as nn
+from detectron2.data import DatasetMapper, build_detection_train_loader
+from detectron2.data import transforms as T
 from detectron2.utils.events import EventStorage
 
-from .data.rescale import rescale_batch
+from .data.rescale import scaled_test_cfg
 from .width import set_width
 
 logger = logging.getLogger(__name__)
@@ -88,11 +97,35 @@ class BNStatsBank(nn.Module):
                 self.bank.setdefault(key, {})[name] = tensor.detach().cpu().clone()
 
 
+def build_calibration_loader(cfg, resolution_scale: float):
+    """An infinite loader of training images with ground truth, resized as the test-time resize
+    (INPUT.MIN/MAX_SIZE_TEST) times `resolution_scale` and not flipped: the image sizes the width
+    sweep evaluates that scale at, so BN statistics are estimated on the inputs they will see."""
+    scaled = scaled_test_cfg(cfg, resolution_scale)
+    resize = T.ResizeShortestEdge(scaled.INPUT.MIN_SIZE_TEST, scaled.INPUT.MAX_SIZE_TEST)
+    mapper = DatasetMapper(cfg, is_train=True, augmentations=[resize])
+    return build_detection_train_loader(cfg, mapper=mapper)
+
+
+def calibration_batches(cfg) -> Callable[[float], Iterator]:
+    """`resolution_scale -> iterator of calibration batches`, one loader per scale built on first
+    use and then continued (what `use_configuration` and the after-training calibration take)."""
+    iterators: Dict[float, Iterator] = {}
+
+    def batches(resolution_scale: float) -> Iterator:
+        if resolution_scale not in iterators:
+            iterators[resolution_scale] = iter(build_calibration_loader(cfg, resolution_scale))
+        return iterators[resolution_scale]
+
+    return batches
+
+
 @torch.no_grad()
 def calibrate_bn(model: nn.Module, batches: Iterator, width: float, resolution_scale: float,
                  num_batches: int) -> bool:
     """Re-estimate BN statistics at (width, resolution_scale) from `num_batches` training batches
-    (Detectron2 training inputs with ground truth) and store them in `model.bn_stats_bank`.
+    (Detectron2 training inputs with ground truth, already at the configuration's input size, see
+    `build_calibration_loader`) and store them in `model.bn_stats_bank` under that key.
     The model's width is left at `width`. Returns False when the model has no BN to calibrate."""
     layers = bn_layers(model)
     set_width(model, width)
@@ -105,9 +138,10 @@ def calibrate_bn(model: nn.Module, batches: Iterator, width: float, resolution_s
         layer.momentum = None  # cumulative average over the calibration batches
     model.train()
     try:
-        with EventStorage():  # the ROI heads log to an EventStorage; keep it out of training's
+        # the ROI heads log to an EventStorage: keep it out of training's; float32 statistics
+        with EventStorage(), torch.autocast(_device_type(model), enabled=False):
             for _ in range(num_batches):
-                model(rescale_batch(next(batches), resolution_scale))
+                model(next(batches))
     finally:
         for name, layer in layers.items():
             layer.momentum = momenta[name]
@@ -116,12 +150,17 @@ def calibrate_bn(model: nn.Module, batches: Iterator, width: float, resolution_s
     return True
 
 
+def _device_type(model: nn.Module) -> str:
+    return next(model.parameters()).device.type
+
+
 def use_configuration(model: nn.Module, width: float, resolution_scale: float = 1.0,
-                      calibration_batches: Callable[[], Iterator] = None, num_batches: int = 10) -> str:
+                      calibration_batches: Callable[[float], Iterator] = None, num_batches: int = 10) -> str:
     """Set `width` and the BN statistics for (width, resolution_scale).
 
     Returns how the statistics were obtained: "bank", "calibrated", or "none-needed" (no BN).
-    `calibration_batches` (called only when needed) returns an iterator of training batches;
+    `calibration_batches(resolution_scale)` (called only when needed) returns an iterator of
+    training batches at that scale's input size (e.g. `iter(build_calibration_loader(cfg, scale))`);
     without it, a configuration missing from the bank is an error.
     """
     set_width(model, width)
@@ -137,5 +176,5 @@ def use_configuration(model: nn.Module, width: float, resolution_scale: float = 
             "training data was given to calibrate them (DATASETS.TRAIN)")
     logger.info(f"BN stats bank has no entry for width {width}, scale {resolution_scale}: calibrating "
                 f"on {num_batches} training batches")
-    calibrate_bn(model, calibration_batches(), width, resolution_scale, num_batches)
+    calibrate_bn(model, calibration_batches(resolution_scale), width, resolution_scale, num_batches)
     return "calibrated"

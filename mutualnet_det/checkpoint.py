@@ -66,3 +66,21 @@ def load_weights(model: torch.nn.Module, path: str) -> None:
     except Exception as err:  # torch.load / pickle errors on truncated or foreign files
         raise CheckpointError(f"cannot read weights file {path!r} ({type(err).__name__}: {err}); "
                               "is it truncated or not a PyTorch/Detectron2 checkpoint?") from None
+
+
+def check_initial_weights(cfg, resume: bool) -> None:
+    """Before training: MODEL.WEIGHTS must exist unless training resumes from OUTPUT_DIR.
+
+    Detectron2 would fail later with a bare "Checkpoint ... not found!"; this says what the file
+    is for, how to make it and how to start without it.
+    """
+    path = cfg.MODEL.WEIGHTS
+    if not path or "://" in path or os.path.isfile(path):
+        return  # random init, a URL Detectron2 resolves itself, or a file that exists
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return  # --resume loads OUTPUT_DIR's last checkpoint, not MODEL.WEIGHTS
+    raise CheckpointError(
+        f"initial weights {path!r} (MODEL.WEIGHTS) do not exist. For the COCO configs this is the "
+        "converted ImageNet MutualNet ResNet: produce it with tools/convert_mutualnet_imagenet.py "
+        "(README, \"ImageNet initialisation\"), or start from random initialisation with "
+        "MODEL.WEIGHTS \"\" on the command line.")

@@ -6,6 +6,8 @@ from detectron2.config import CfgNode as CN
 from .width import DEFAULT_WIDTH_RANGE, validate_width, validate_width_range
 
 TRAIN_METHODS = ("mutualnet", "usnet", "single")
+DISTILL_MODES = ("soft_labels", "add")
+PAPER_RESOLUTION_SCALES = (1.0, 192 / 224, 160 / 224, 128 / 224)
 
 
 def add_mutualnet_config(cfg):
@@ -27,10 +29,17 @@ def add_mutualnet_config(cfg):
     # Random widths per iteration besides the widest and the narrowest (sandwich rule).
     _C.MUTUALNET.TRAIN.NUM_RANDOM_WIDTHS = 2
     # Input scale factors (of the training resize) the non-widest MutualNet members draw from.
-    _C.MUTUALNET.TRAIN.RESOLUTION_SCALES = (1.0, 0.8, 0.6, 0.4)
-    # Inplace distillation: non-widest members also match the widest member's box class
-    # distributions (KL divergence) on its sampled proposals, with this weight.
+    # The paper's and official code's resolutions 224, 192, 160, 128 of 224.
+    _C.MUTUALNET.TRAIN.RESOLUTION_SCALES = PAPER_RESOLUTION_SCALES
+    # Inplace distillation: the widest member teaches the others its box class distributions on
+    # the proposals it sampled (KL divergence, weighted by DISTILL_WEIGHT). DISTILL_MODE:
+    # "soft_labels" (the MutualNet supplementary's sense): narrower members' box classification
+    #   learns from the teacher's distributions *instead of* the ground-truth class;
+    # "add": the KL is added to the narrower members' full ground-truth loss.
+    # In both, box regression, masks and the RPN stay on ground truth (a soft target exists only
+    # for the class distribution, as for the classification networks of the paper).
     _C.MUTUALNET.TRAIN.INPLACE_DISTILL = False
+    _C.MUTUALNET.TRAIN.DISTILL_MODE = "soft_labels"
     _C.MUTUALNET.TRAIN.DISTILL_WEIGHT = 1.0
     # Seed of the cohort sequence (iteration i uses seed (SEED, i)); -1: use cfg.SEED, or 0.
     _C.MUTUALNET.TRAIN.COHORT_SEED = -1
@@ -78,6 +87,8 @@ def validate_mutualnet_config(cfg):
     if train.INPLACE_DISTILL and train.METHOD == "single":
         raise ValueError("MUTUALNET.TRAIN.INPLACE_DISTILL=True needs a widest member to distill from "
                          "and narrower members to distill into; METHOD='single' has only the widest")
+    if train.DISTILL_MODE not in DISTILL_MODES:
+        raise ValueError(f"MUTUALNET.TRAIN.DISTILL_MODE={train.DISTILL_MODE!r} is unknown; accepted: {DISTILL_MODES}")
     if train.DISTILL_WEIGHT < 0:
         raise ValueError(f"MUTUALNET.TRAIN.DISTILL_WEIGHT={train.DISTILL_WEIGHT} must be >= 0")
     if node.BN_CALIB.NUM_BATCHES < 1:

@@ -1,8 +1,14 @@
 """BN calibration reproduces statistics computed directly; the bank round-trips checkpoints."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from helpers import tiny_cfg
 
 from mutualnet_det.bn_calibration import BNStatsBank, calibrate_bn, use_configuration
 from mutualnet_det.data.rescale import rescale_batch
@@ -25,12 +31,12 @@ def batches(seed=0, count=3):
     return [[{"image": torch.rand(3, 20, 20, generator=generator) * 50 + 10 * i} for i in range(2)] for _ in range(count)]
 
 
-def direct_stats(model, data, width, scale):
+def direct_stats(model, data, width):
     """Mean of per-batch means and of per-batch unbiased variances of the BN input."""
     channels = model.conv.out_rule.at(width)
     means, variances = [], []
     for batch in data:
-        x = torch.stack([item["image"] for item in rescale_batch(batch, scale)])
+        x = torch.stack([item["image"] for item in batch])
         y = F.conv2d(x, model.conv.weight[:channels], padding=1)
         means.append(y.mean(dim=(0, 2, 3)))
         variances.append(y.var(dim=(0, 2, 3), unbiased=True))
@@ -41,10 +47,10 @@ def direct_stats(model, data, width, scale):
 def test_calibration_reproduces_direct_statistics(width, scale):
     torch.manual_seed(0)
     model = ConvBN()
-    data = batches()
+    data = [rescale_batch(batch, scale) for batch in batches()]  # inputs at the configuration's size
     model.conv.norm.running_mean.fill_(7.0)  # stale statistics must be replaced, not averaged in
     assert calibrate_bn(model, iter(data), width, scale, num_batches=3)
-    mean, var = direct_stats(model, data, width, scale)
+    mean, var = direct_stats(model, data, width)
     channels = len(mean)
     assert torch.allclose(model.conv.norm.running_mean[:channels], mean, atol=1e-4)
     assert torch.allclose(model.conv.norm.running_var[:channels], var, rtol=1e-4)
@@ -68,4 +74,45 @@ def test_bank_applies_each_configuration_and_survives_a_checkpoint():
     assert torch.equal(restored.conv.norm.running_mean, stats_half)
     with pytest.raises(ValueError, match="No calibrated BN statistics for width 0.25"):
         use_configuration(restored, 0.25, 1.0)
-    assert use_configuration(restored, 0.25, 1.0, lambda: iter(data), num_batches=2) == "calibrated"
+    assert use_configuration(restored, 0.25, 1.0, lambda scale: iter(data), num_batches=2) == "calibrated"
+
+
+def test_syncbn_calibration_in_two_processes_gives_global_cumulative_statistics(tmp_path):
+    """Two gloo processes with different batch sizes and distributions: the banked statistics are
+    the average over batches of the global (all-rank, pooled) batch mean and unbiased variance,
+    at full width and on a channel slice, on both ranks."""
+    worker = os.path.join(os.path.dirname(__file__), "syncbn_worker.py")
+    run = subprocess.run([sys.executable, worker, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert ranks[0]["world_size"] == 2
+    for width in (1.0, 0.5):
+        means, variances = [], []
+        for batch_index in range(len(ranks[0][width]["bn_inputs"])):
+            pooled = torch.cat([ranks[r][width]["bn_inputs"][batch_index] for r in range(2)])
+            means.append(pooled.mean(dim=(0, 2, 3)))
+            variances.append(pooled.var(dim=(0, 2, 3), unbiased=True))
+        mean, var = torch.stack(means).mean(0), torch.stack(variances).mean(0)
+        assert len(mean) == (16 if width == 1.0 else 8)
+        for rank in ranks:
+            assert torch.allclose(rank[width]["mean"], mean, rtol=1e-4, atol=1e-4), width
+            assert torch.allclose(rank[width]["var"], var, rtol=1e-4), width
+
+
+def test_calibration_images_have_the_evaluated_sizes():
+    """Calibration inputs for scale s are the test-time resize times s, as the sweep evaluates,
+    not the training resize times s."""
+    from detectron2.data import build_detection_test_loader
+
+    from mutualnet_det.bn_calibration import build_calibration_loader
+    from mutualnet_det.data.rescale import scaled_test_cfg
+
+    cfg = tiny_cfg(**{"INPUT.MIN_SIZE_TRAIN": (64,), "INPUT.MAX_SIZE_TRAIN": 64,
+                      "INPUT.MIN_SIZE_TEST": 96, "INPUT.MAX_SIZE_TEST": 96})
+    for scale in (1.0, 0.6):
+        calibration = next(iter(build_calibration_loader(cfg, scale)))
+        evaluated = next(iter(build_detection_test_loader(scaled_test_cfg(cfg, scale), cfg.DATASETS.TEST[0])))
+        sizes = {tuple(item["image"].shape[-2:]) for item in calibration}
+        assert sizes == {tuple(evaluated[0]["image"].shape[-2:])} == {(round(96 * scale),) * 2}
+        assert all(len(item["instances"]) > 0 for item in calibration)  # ground truth for train mode

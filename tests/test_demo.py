@@ -12,6 +12,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from helpers import REPO, tiny_cfg
 
+from mutualnet_det.bn_calibration import calibration_batches
 from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.visualization import TITLE_HEIGHT, SlimmablePredictor, render_comparison, size_class
 
@@ -26,7 +27,7 @@ def predictors():
         cfg = tiny_cfg(**CONFIG_OVERRIDES)
         torch.manual_seed(seed)
         model = MutualNetTrainer.build_model(cfg)
-        made.append(SlimmablePredictor(cfg, model, method, lambda cfg=cfg: iter(MutualNetTrainer.build_train_loader(cfg))))
+        made.append(SlimmablePredictor(cfg, model, method, calibration_batches(cfg)))
     return made
 
 

@@ -14,7 +14,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from mutualnet_det import add_mutualnet_config, validate_mutualnet_config
-from mutualnet_det.checkpoint import CheckpointError, load_weights
+from mutualnet_det.checkpoint import CheckpointError, check_initial_weights, load_weights
 from mutualnet_det.engine.trainer import MutualNetTrainer
 
 
@@ -24,6 +24,8 @@ def setup(args):
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     validate_mutualnet_config(cfg)
+    if not args.eval_only:
+        check_initial_weights(cfg, args.resume)  # before any work, with how to make the file
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mutualnet_det")

@@ -4,6 +4,13 @@ The widest member is the teacher. We capture, with forward hooks, the proposals 
 ROI heads (the boxes its box pooler received) and its box-classification logits on them. A
 narrower member then classifies the same proposals, mapped to its own input scale, from its own
 features, and is penalised by KL(teacher || member) of the class distributions.
+
+How that term meets the member's ground-truth losses is the mode (MUTUALNET.TRAIN.DISTILL_MODE):
+- "soft_labels": the teacher's class distributions replace the ground-truth class (the member's
+  `loss_cls` is dropped), as in US-Net / MutualNet inplace distillation, where sub-networks learn
+  from the full network's soft labels instead of the labels;
+- "add": the KL is added to the member's full ground-truth loss.
+Box regression, masks and the RPN stay on ground truth in both: only the class has a soft target.
 """
 import contextlib
 from dataclasses import dataclass, field
@@ -72,6 +79,34 @@ def distillation_loss(model, teacher: ForwardCapture, student_features, scale_fa
         box = box.clone()
         box.scale(scale_x, scale_y)
         boxes.append(box)
-    student_logits = box_class_logits(model, student_features, boxes)
-    return F.kl_div(F.log_softmax(student_logits, dim=1), F.softmax(teacher.class_logits.detach(), dim=1),
+    student_logits = box_class_logits(model, student_features, boxes).float()  # float32 KL under autocast
+    return F.kl_div(F.log_softmax(student_logits, dim=1), F.softmax(teacher.class_logits.detach().float(), dim=1),
                     reduction="batchmean")
+
+
+def add_to_ground_truth(loss_dict: Dict[str, torch.Tensor], distill: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Mode "add": every ground-truth loss plus the distillation term."""
+    return {**loss_dict, "loss_distill": distill}
+
+
+def soft_labels(loss_dict: Dict[str, torch.Tensor], distill: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Mode "soft_labels": the box classification learns from the teacher instead of the labels."""
+    return {**{k: v for k, v in loss_dict.items() if k != "loss_cls"}, "loss_distill": distill}
+
+
+DISTILL_MODES = {"add": add_to_ground_truth, "soft_labels": soft_labels}
+
+
+class InplaceDistillation:
+    """The widest member's class distributions taught to the narrower members, in one mode."""
+
+    def __init__(self, mode: str = "soft_labels", weight: float = 1.0):
+        if mode not in DISTILL_MODES:
+            raise ValueError(f"distillation mode {mode!r} is unknown; accepted: {tuple(DISTILL_MODES)}")
+        self.mode, self.weight, self._combine = mode, weight, DISTILL_MODES[mode]
+
+    def member_losses(self, model, loss_dict, teacher: ForwardCapture, student: ForwardCapture,
+                      scale_factors) -> Dict[str, torch.Tensor]:
+        """A narrower member's losses with the teacher's soft targets, as the mode says."""
+        distill = distillation_loss(model, teacher, student.features, scale_factors)
+        return self._combine(loss_dict, self.weight * distill)

@@ -1,16 +1,18 @@
 """`SandwichTrainer`: Detectron2's SimpleTrainer whose step trains a cohort of sub-networks."""
 import contextlib
 import time
-from typing import Callable, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
+import torch
 from detectron2.engine import SimpleTrainer
 from detectron2.utils.events import get_event_storage
 
 from ..data.rescale import rescale_batch, scale_factors
 from ..width import set_width
 from .cohort import CohortMember
-from .distillation import capture_forward, distillation_loss
+from .distillation import InplaceDistillation, capture_forward
+from .precision import StepPrecision
 
 
 def unwrap(model):
@@ -18,18 +20,26 @@ def unwrap(model):
     return getattr(model, "module", model)
 
 
+def total_grad_norm(parameters) -> float:
+    """L2 norm of all gradients together (what clipping of the whole model would see)."""
+    norms = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
 class SandwichTrainer(SimpleTrainer):
     """One iteration = one batch, every cohort member's loss backpropagated, one optimizer step.
 
-    cohort_of(iteration) returns the members (widest first); with `distill_weight` > 0 the other
-    members also match the widest member's box class distributions (see engine/distillation.py).
+    cohort_of(iteration) returns the members (widest first). `distillation` (optional): the
+    widest member teaches the others (engine/distillation.py). `precision`: float32, or autocast
+    with Detectron2's AMP semantics (engine/precision.py).
     """
 
     def __init__(self, model, data_loader, optimizer, cohort_of: Callable[[int], List[CohortMember]],
-                 distill_weight: float = 0.0):
+                 distillation: Optional[InplaceDistillation] = None, precision: Optional[StepPrecision] = None):
         super().__init__(model, data_loader, optimizer)
         self.cohort_of = cohort_of
-        self.distill_weight = distill_weight
+        self.distillation = distillation
+        self.precision = precision or StepPrecision(next(unwrap(model).parameters()).device.type)
 
     def run_step(self):
         assert self.model.training, "[SandwichTrainer] model was changed to eval mode!"
@@ -41,47 +51,67 @@ class SandwichTrainer(SimpleTrainer):
 
         # Gradients of all members accumulate; the optimizer steps once (after the loop).
         self.optimizer.zero_grad()
-        distill = self.distill_weight > 0
         member_losses, teacher = [], None
         for index, member in enumerate(cohort):
             inputs = rescale_batch(data, member.resolution_scale)
             set_width(model, member.width)
-            last = index == len(cohort) - 1
             # Data-parallel: all-reduce gradients once, in the last member's backward.
-            with self.model.no_sync() if not last and hasattr(self.model, "no_sync") else contextlib.nullcontext():
-                with capture_forward(model) if distill else contextlib.nullcontext() as captured:
-                    loss_dict = self.model(inputs)
-                if distill and index == 0:
-                    teacher = captured  # the widest member teaches the others
-                elif distill:
-                    loss_dict["loss_distill"] = self.distill_weight * distillation_loss(
-                        model, teacher, captured.features, scale_factors(data, inputs))
-                sum(loss_dict.values()).backward()
+            with self._gradient_sync(last=index == len(cohort) - 1):
+                with self.precision.autocast():
+                    loss_dict, captured = self._forward(inputs)
+                    if self.distillation is not None and index > 0:
+                        loss_dict = self.distillation.member_losses(model, loss_dict, teacher, captured,
+                                                                    scale_factors(data, inputs))
+                self.precision.backward(sum(loss_dict.values()))
+            teacher = captured if index == 0 else teacher  # the widest member teaches the others
             member_losses.append((member, loss_dict))
         set_width(model, cohort[0].width)
 
+        # Gradients at their true scale, once; their norm is logged before any clipping.
+        self.precision.unscale_(self.optimizer)
+        grad_norm = total_grad_norm(p for group in self.optimizer.param_groups for p in group["params"])
         self.after_backward()
-        self._write_cohort_metrics(member_losses, data_time)
-        self.optimizer.step()
+        self._write_cohort_metrics(member_losses, data_time, grad_norm)
+        self.precision.step(self.optimizer)  # clipping (if configured) runs inside optimizer.step
 
-    def _write_cohort_metrics(self, member_losses, data_time):
-        """Detectron2's usual metrics for the widest member, plus each member's total loss,
-        width and resolution scale (member 0 is the widest, the last the narrowest)."""
+    def _forward(self, inputs):
+        """The member's loss dict, and what the distillation hooks captured (None without it)."""
+        if self.distillation is None:
+            return self.model(inputs), None
+        with capture_forward(unwrap(self.model)) as captured:
+            return self.model(inputs), captured
+
+    def _gradient_sync(self, last: bool):
+        if last or not hasattr(self.model, "no_sync"):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
+    def _write_cohort_metrics(self, member_losses, data_time, grad_norm):
+        """Detectron2's usual metrics for the widest member, plus the total gradient norm and each
+        member's total loss, width and resolution scale (member 0 is the widest)."""
         widest_member, widest_losses = member_losses[0]
         self._write_metrics({k: v for k, v in widest_losses.items() if k != "loss_distill"}, data_time)
+        storage = get_event_storage()
+        storage.put_scalar("grad_norm", grad_norm)  # every iteration, before any clipping
         if (self.iter + 1) % self.gather_metric_period:
             return
-        storage = get_event_storage()
         totals = []
         for index, (member, loss_dict) in enumerate(member_losses):
-            total = float(sum(v.detach() for v in loss_dict.values()))
+            total = float(sum(v.detach().float() for v in loss_dict.values()))
             totals.append(total)
             storage.put_scalar(f"cohort/member{index}_total_loss", total)
             storage.put_scalar(f"cohort/member{index}_width", member.width, smoothing_hint=False)
             storage.put_scalar(f"cohort/member{index}_resolution_scale", member.resolution_scale, smoothing_hint=False)
             if "loss_distill" in loss_dict:
-                storage.put_scalar(f"cohort/member{index}_loss_distill", float(loss_dict["loss_distill"]))
+                storage.put_scalar(f"cohort/member{index}_loss_distill", float(loss_dict["loss_distill"].detach()))
         if not np.isfinite(sum(totals)):
             raise FloatingPointError(f"Loss became infinite or NaN at iteration={self.iter}: "
                                      f"{[(m.label, t) for (m, _), t in zip(member_losses, totals)]}")
         storage.put_scalar("cohort/total_loss", sum(totals))
+
+    def state_dict(self) -> Dict:
+        return {**super().state_dict(), **self.precision.state_dict()}
+
+    def load_state_dict(self, state_dict: Dict) -> None:
+        super().load_state_dict(state_dict)
+        self.precision.load_state_dict(state_dict)

@@ -9,11 +9,13 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultTrainer, HookBase, TrainerBase, create_ddp_model, hooks
 from detectron2.utils import comm
 
-from ..bn_calibration import calibrate_bn
+from ..bn_calibration import calibrate_bn, calibration_batches
 from ..config import validate_mutualnet_config
 from ..evaluation.width_sweep import build_evaluator, run_width_sweep, sweep_configurations
 from ..width import set_width, width_range_of
 from .cohort import sample_cohort
+from .distillation import InplaceDistillation
+from .precision import step_precision
 from .sandwich_trainer import SandwichTrainer, unwrap
 
 logger = logging.getLogger(__name__)
@@ -32,20 +34,27 @@ def cohort_sampler(cfg):
                              train.NUM_RANDOM_WIDTHS, tuple(train.RESOLUTION_SCALES), cohort_seed(cfg))
 
 
+def build_distillation(cfg):
+    """The configured inplace distillation, or None."""
+    train = cfg.MUTUALNET.TRAIN
+    return InplaceDistillation(train.DISTILL_MODE, train.DISTILL_WEIGHT) if train.INPLACE_DISTILL else None
+
+
 class BNCalibrationHook(HookBase):
     """After the last iteration (before the final checkpoint), calibrate BN statistics for every
-    MUTUALNET.TEST configuration and store them in the model's BN stats bank."""
+    MUTUALNET.TEST configuration, on inputs at that configuration's test size, and store them in
+    the model's BN stats bank."""
 
-    def __init__(self, cfg, batches):
+    def __init__(self, cfg):
         self.cfg = cfg
-        self.batches = batches
 
     def after_step(self):
         if self.trainer.iter + 1 < self.trainer.max_iter or not self.cfg.MUTUALNET.BN_CALIB.AFTER_TRAIN:
             return
         model = unwrap(self.trainer.model)
+        batches = calibration_batches(self.cfg)
         for width, scale in sweep_configurations(self.cfg):
-            if calibrate_bn(model, self.batches(), width, scale, self.cfg.MUTUALNET.BN_CALIB.NUM_BATCHES):
+            if calibrate_bn(model, batches(scale), width, scale, self.cfg.MUTUALNET.BN_CALIB.NUM_BATCHES):
                 logger.info(f"Calibrated BN statistics for width {width}, resolution scale {scale}")
         set_width(model, self.cfg.MUTUALNET.WIDTH_RANGE[1])
 
@@ -68,8 +77,6 @@ class MutualNetTrainer(DefaultTrainer):
     def __init__(self, cfg):
         TrainerBase.__init__(self)
         validate_mutualnet_config(cfg)
-        if cfg.SOLVER.AMP.ENABLED:
-            raise ValueError("SOLVER.AMP.ENABLED=True is not supported by the sandwich step yet; set it False")
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -78,9 +85,9 @@ class MutualNetTrainer(DefaultTrainer):
         on_cuda = next(model.parameters()).is_cuda
         model = create_ddp_model(model, broadcast_buffers=False,
                                  device_ids=[comm.get_local_rank()] if on_cuda else None)
-        distill_weight = cfg.MUTUALNET.TRAIN.DISTILL_WEIGHT if cfg.MUTUALNET.TRAIN.INPLACE_DISTILL else 0.0
         self._trainer = SandwichTrainer(model, data_loader, optimizer, cohort_of=cohort_sampler(cfg),
-                                        distill_weight=distill_weight)
+                                        distillation=build_distillation(cfg),
+                                        precision=step_precision(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE))
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
@@ -90,7 +97,7 @@ class MutualNetTrainer(DefaultTrainer):
 
     def build_hooks(self):
         hook_list = super().build_hooks()
-        calibration = BNCalibrationHook(self.cfg, lambda: self._trainer._data_loader_iter)
+        calibration = BNCalibrationHook(self.cfg)
         position = next((i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicCheckpointer)),
                         len(hook_list))
         hook_list.insert(position, calibration)  # the final checkpoint then holds the bank
@@ -114,10 +121,7 @@ class MutualNetTrainer(DefaultTrainer):
         module = unwrap(model)
         widest = width_range_of(module)[1]
 
-        def calibration_batches():
-            return iter(cls.build_train_loader(cfg))
-
-        records = run_width_sweep(cfg, module, calibration_batches)
+        records = run_width_sweep(cfg, module, calibration_batches(cfg))
         set_width(module, widest)
         results = {}
         for dataset_name, dataset_records in records.items():

@@ -83,8 +83,9 @@ def format_sweep(records: List[Dict]) -> str:
 def run_width_sweep(cfg, model, calibration_batches: Callable = None) -> Dict[str, List[Dict]]:
     """Sweep every MUTUALNET.TEST configuration on every DATASETS.TEST; returns records per dataset.
 
-    calibration_batches: a callable returning an iterator of training batches, used only for
-    configurations missing from the model's BN stats bank.
+    calibration_batches: `resolution_scale -> iterator of calibration batches`
+    (`bn_calibration.calibration_batches(cfg)`), used only for configurations missing from the
+    model's BN stats bank.
     """
     all_records = {}
     configurations = sweep_configurations(cfg)

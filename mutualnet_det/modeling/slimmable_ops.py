@@ -122,24 +122,39 @@ class SlimmableBatchNorm2d(nn.BatchNorm2d):
 
 
 class SlimmableSyncBatchNorm(SlimmableBatchNorm2d):
-    """SyncBN (statistics averaged over all ranks, as Detectron2's NaiveSyncBatchNorm) on a slice."""
+    """SyncBN on a channel slice: batch statistics over all ranks (as Detectron2's
+    NaiveSyncBatchNorm, weighted by each rank's element count), running statistics updated like
+    single-process BN: exponential average with `momentum`, or, with momentum=None (BN
+    calibration), the cumulative average over batches. The running variance is the unbiased
+    global variance (N / (N - 1) with N the element count over all ranks), as nn.BatchNorm2d keeps;
+    the normalisation itself uses the biased one, as BN does in training."""
 
     def forward(self, x):
         if comm.get_world_size() == 1 or not self.training:
             return super().forward(x)
         channels = x.shape[1]
-        mean = x.mean(dim=[0, 2, 3])
-        meansqr = (x * x).mean(dim=[0, 2, 3])
-        vec = differentiable_all_reduce(torch.cat([mean, meansqr])) * (1.0 / dist.get_world_size())
-        mean, meansqr = torch.split(vec, channels)
-        var = meansqr - mean * mean
+        count = x.numel() // channels
+        local = torch.cat([x.sum(dim=[0, 2, 3]), (x * x).sum(dim=[0, 2, 3]),
+                           x.new_full((1,), float(count))])
+        total = differentiable_all_reduce(local)
+        sum_, sumsqr, global_count = torch.split(total, [channels, channels, 1])
+        global_count = global_count.clamp(min=1)
+        mean = sum_ / global_count
+        var = (sumsqr / global_count - mean * mean).clamp(min=0)
         scale = self.weight[:channels] * torch.rsqrt(var + self.eps)
         shift = self.bias[:channels] - mean * scale
-        momentum = self.momentum if self.momentum is not None else 0.1
-        with torch.no_grad():
-            self.running_mean[:channels] += momentum * (mean.detach() - self.running_mean[:channels])
-            self.running_var[:channels] += momentum * (var.detach() - self.running_var[:channels])
+        if self.track_running_stats:
+            self._update_running_stats(mean.detach(), var.detach(), float(global_count))
         return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean, biased_var, count):
+        channels = mean.shape[0]
+        self.num_batches_tracked.add_(1)
+        momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        unbiased_var = biased_var * (count / max(count - 1.0, 1.0))
+        self.running_mean[:channels].lerp_(mean, momentum)
+        self.running_var[:channels].lerp_(unbiased_var, momentum)
 
 
 class SlimmableFrozenBatchNorm2d(FrozenBatchNorm2d):

@@ -5,9 +5,9 @@ from detectron2.utils.events import EventStorage
 from helpers import tiny_cfg, toy_batch
 
 from mutualnet_det import set_width
-from mutualnet_det.data.rescale import rescale_batch
+from mutualnet_det.data.rescale import rescale_batch, scale_factors
 from mutualnet_det.engine.cohort import CohortMember
-from mutualnet_det.engine.distillation import capture_forward, distillation_loss
+from mutualnet_det.engine.distillation import InplaceDistillation, capture_forward, distillation_loss
 from mutualnet_det.engine.sandwich_trainer import SandwichTrainer
 
 COHORT = [CohortMember(1.0, 1.0), CohortMember(0.6, 0.8), CohortMember(0.25, 0.6)]
@@ -52,6 +52,8 @@ def test_one_step_with_the_sum_of_member_gradients():
     for expected, actual in zip(manual, optimizer.grads):
         assert torch.allclose(actual, expected, rtol=1e-4, atol=1e-6)
     assert any(e.abs().sum() > 0 for e in manual)
+    # the total gradient norm is logged before the step
+    assert abs(storage.latest()["grad_norm"][0] - torch.linalg.vector_norm(torch.stack([g.norm() for g in manual]))) < 1e-4
     # a narrow member touches only the first channels of the stem; the widest touches all
     assert storage.latest()["cohort/member2_width"][0] == 0.25
     assert storage.latest()["cohort/member1_resolution_scale"][0] == 0.8
@@ -81,10 +83,72 @@ def test_distillation_adds_a_loss_to_non_widest_members():
     torch.manual_seed(0)
     model = build_model(tiny_cfg()).train()
     optimizer = RecordingSGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
-    trainer = SandwichTrainer(model, [toy_batch()] * 2, optimizer, cohort_of=lambda i: COHORT, distill_weight=1.0)
+    trainer = SandwichTrainer(model, [toy_batch()] * 2, optimizer, cohort_of=lambda i: COHORT,
+                              distillation=InplaceDistillation("add", 1.0))
     with EventStorage(0) as storage:
         trainer.iter = 0
         trainer.run_step()
     latest = storage.latest()
     assert "cohort/member0_loss_distill" not in latest
     assert latest["cohort/member1_loss_distill"][0] > 0 and latest["cohort/member2_loss_distill"][0] > 0
+
+
+def soft_label_step(model, batch, cohort):
+    """One SandwichTrainer step in "soft_labels" mode; returns the gradients it stepped with."""
+    optimizer = RecordingSGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    trainer = SandwichTrainer(model, [batch] * 2, optimizer, cohort_of=lambda i: cohort,
+                              distillation=InplaceDistillation("soft_labels", 1.0))
+    torch.manual_seed(123)
+    with EventStorage(0):
+        trainer.iter = 0
+        trainer.run_step()
+    return optimizer.grads
+
+
+def test_soft_labels_member_learns_its_class_from_the_teacher_only():
+    """Manual reference: widest member's full ground-truth loss + the narrow member's losses
+    without its ground-truth classification loss + KL(teacher || member)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    batch, cohort = toy_batch(), [CohortMember(1.0, 1.0), CohortMember(0.5, 0.8)]
+    torch.manual_seed(123)
+    with EventStorage():
+        with capture_forward(model) as teacher:
+            teacher_total = sum(model(batch).values())
+        manual = [g if g is not None else torch.zeros_like(p)
+                  for g, p in zip(torch.autograd.grad(teacher_total, params, allow_unused=True), params)]
+        set_width(model, 0.5)
+        inputs = rescale_batch(batch, 0.8)
+        with capture_forward(model) as student:
+            student_losses = model(inputs)
+        kl = distillation_loss(model, teacher, student.features, scale_factors(batch, inputs))
+        student_total = sum(v for k, v in student_losses.items() if k != "loss_cls") + kl
+        for total, grad in zip(manual, torch.autograd.grad(student_total, params, allow_unused=True)):
+            if grad is not None:
+                total += grad
+        cls_weight = model.roi_heads.box_predictor.cls_score.weight
+        ground_truth_cls_grad = torch.autograd.grad(student_losses["loss_cls"], cls_weight)[0]
+    set_width(model, 1.0)
+    grads = soft_label_step(model, batch, cohort)
+    for expected, actual in zip(manual, grads):
+        assert torch.allclose(actual, expected, rtol=1e-4, atol=1e-6)
+    # and the member's ground-truth class loss would have changed the classifier's gradient
+    assert ground_truth_cls_grad.abs().max() > 1e-4
+
+
+def test_soft_labels_gradient_is_zero_for_a_member_identical_to_the_widest():
+    """Two identical members: the classifier's gradient is the widest member's alone (the other
+    member's KL to an identical teacher has zero gradient, and its label loss is dropped)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).train()
+    batch = toy_batch()
+    cls_weight = model.roi_heads.box_predictor.cls_score.weight
+    torch.manual_seed(123)
+    with EventStorage():
+        widest_cls_grad = torch.autograd.grad(model(batch)["loss_cls"], cls_weight)[0]
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = soft_label_step(model, batch, [CohortMember(1.0, 1.0), CohortMember(1.0, 1.0)])
+    step_cls_grad = grads[next(i for i, p in enumerate(params) if p is cls_weight)]
+    assert widest_cls_grad.abs().max() > 1e-4
+    assert torch.allclose(step_cls_grad, widest_cls_grad, rtol=1e-4, atol=1e-7)

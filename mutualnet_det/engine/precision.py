@@ -1,0 +1,65 @@
+"""Numeric precision of the sandwich step, decided in one place (as Detectron2's AMPTrainer).
+
+With SOLVER.AMP.ENABLED the forward passes of every cohort member run under autocast: float16 with
+one GradScaler per iteration on CUDA (each member's loss scaled, gradients unscaled once before
+the gradient norm and clipping, one optimizer step that GradScaler skips on inf/NaN, one scaler
+update), bfloat16 without a scaler on CPU (bfloat16 has float32's exponent range). Without it,
+float32. The trainer asks this object what to do and never which precision is on.
+"""
+import contextlib
+from typing import Optional
+
+import torch
+
+
+class StepPrecision:
+    """How one training step runs its forwards, backwards and optimizer step."""
+
+    def __init__(self, device_type: str, dtype: Optional[torch.dtype] = None, use_grad_scaler: bool = False):
+        self.device_type, self.dtype = device_type, dtype
+        self.grad_scaler = torch.amp.GradScaler(device_type) if use_grad_scaler else None
+
+    @property
+    def name(self) -> str:
+        return "float32" if self.dtype is None else str(self.dtype).replace("torch.", "")
+
+    def autocast(self):
+        """Context for a member's forward pass and loss (not its backward)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+
+    def unscale_(self, optimizer) -> None:
+        """Bring accumulated gradients to their true scale (once per step, before clipping)."""
+        if self.grad_scaler is not None:
+            self.grad_scaler.unscale_(optimizer)
+
+    def step(self, optimizer) -> None:
+        if self.grad_scaler is None:
+            optimizer.step()
+            return
+        self.grad_scaler.step(optimizer)  # skipped when the gradients hold inf/NaN
+        self.grad_scaler.update()
+
+    def state_dict(self) -> dict:
+        return {} if self.grad_scaler is None else {"grad_scaler": self.grad_scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.grad_scaler is not None and "grad_scaler" in state:
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
+
+
+def step_precision(amp_enabled: bool, device: torch.device) -> StepPrecision:
+    """float16 + GradScaler on CUDA, bfloat16 on CPU when `amp_enabled`; float32 otherwise."""
+    device_type = torch.device(device).type
+    if not amp_enabled:
+        return StepPrecision(device_type)
+    if device_type == "cuda":
+        return StepPrecision("cuda", torch.float16, use_grad_scaler=True)
+    if device_type == "cpu":
+        return StepPrecision("cpu", torch.bfloat16)
+    raise ValueError(f"SOLVER.AMP.ENABLED=True on device {device_type!r}: supported on cuda (float16) "
+                     "and cpu (bfloat16); set SOLVER.AMP.ENABLED False")

@@ -1,0 +1,62 @@
+"""SyncBN calibration in two processes (gloo) through Detectron2's launch.
+
+Usage: python syncbn_worker.py OUTPUT_DIR. Each rank calibrates a conv + SyncBN model on its own
+batches (rank-dependent sizes and distributions) at widths 1.0 and 0.5 and writes rank<r>.pt with
+the banked statistics and the BN inputs it saw; the test recomputes the global statistics.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mutualnet_det  # noqa: E402,F401
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from detectron2.engine import launch  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+
+from mutualnet_det.bn_calibration import BNStatsBank, calibrate_bn  # noqa: E402
+from mutualnet_det.modeling.slimmable_ops import SlimmableConv2d, SlimmableSyncBatchNorm  # noqa: E402
+
+NUM_BATCHES = 4
+
+
+class ConvSyncBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = SlimmableConv2d(3, 16, kernel_size=3, padding=1, bias=False, norm=SlimmableSyncBatchNorm(16))
+        self.width_range = (0.25, 1.0)
+        self.bn_stats_bank = BNStatsBank()
+
+    def forward(self, batched_inputs):
+        return self.conv(torch.stack([x["image"] for x in batched_inputs]))
+
+
+def rank_batches(rank):
+    """Rank 0: batches of 2 images; rank 1: batches of 3, another mean and spread per batch."""
+    generator = torch.Generator().manual_seed(100 + rank)
+    size = 2 + rank
+    return [[{"image": torch.randn(3, 12, 12, generator=generator) * (1 + rank + b) + 5 * rank - b}
+             for _ in range(size)] for b in range(NUM_BATCHES)]
+
+
+def main(output_dir):
+    torch.manual_seed(0)  # the same weights on both ranks
+    model = ConvSyncBN()
+    rank = comm.get_rank()
+    batches = rank_batches(rank)
+    saved = {"world_size": comm.get_world_size()}
+    for width in (1.0, 0.5):
+        calibrate_bn(model, iter(batches), width, 1.0, NUM_BATCHES)
+        channels = model.conv.out_rule.at(width)
+        with torch.no_grad():
+            bn_inputs = [F.conv2d(torch.stack([x["image"] for x in batch]), model.conv.weight[:channels], padding=1)
+                         for batch in batches]
+        entry = model.bn_stats_bank.bank[f"w{width:.4f}_s1.0000".replace(".", "p")]
+        saved[width] = {"mean": entry["conv.norm.running_mean"][:channels],
+                        "var": entry["conv.norm.running_var"][:channels], "bn_inputs": bn_inputs}
+    torch.save(saved, os.path.join(output_dir, f"rank{rank}.pt"))
+
+
+if __name__ == "__main__":
+    launch(main, 2, dist_url="auto", args=(sys.argv[1],))
