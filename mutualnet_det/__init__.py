@@ -12,12 +12,17 @@ from .evaluation.query_table import best_config, pareto_front  # noqa: E402
 from . import modeling  # noqa: E402,F401  (registration)
 from . import data  # noqa: E402,F401  (registration)
 from .freeze import freeze_width  # noqa: E402  (also registers build_frozen_resnet_fpn_backbone)
+from .latency import load_latency_table, profile_latency  # noqa: E402
+from .adaptive import AdaptivePredictor  # noqa: E402
 
 __all__ = [
+    "AdaptivePredictor",
     "add_mutualnet_config",
     "best_config",
     "freeze_width",
+    "load_latency_table",
     "pareto_front",
+    "profile_latency",
     "validate_mutualnet_config",
     "get_width",
     "round_channels",
