@@ -31,8 +31,11 @@ class StudyRun:
     seed: int = 1
 
 
-def study_plan(seeds=(1, 2)) -> List[StudyRun]:
-    """The runs, main methods first so that an interrupted study has the most important ones."""
+def study_plan(seeds=(1, 2), slimmable_heads: bool = False) -> List[StudyRun]:
+    """The runs, main methods first so that an interrupted study has the most important ones.
+
+    slimmable_heads: also MutualNet with slimmable FPN outputs and heads (MUTUALNET.SLIMMABLE_HEADS),
+    one run per seed, its own curve in the table and plot."""
     def method(name, group, method_name, distill, seed):
         return StudyRun(name, group, ("MUTUALNET.TRAIN.METHOD", method_name,
                                       "MUTUALNET.TRAIN.INPLACE_DISTILL", str(distill)), seed)
@@ -41,6 +44,10 @@ def study_plan(seeds=(1, 2)) -> List[StudyRun]:
     for seed in seeds:
         runs.append(method(f"mutualnet_seed{seed}", "MutualNet", "mutualnet", False, seed))
         runs.append(method(f"usnet_seed{seed}", "US-Net", "usnet", False, seed))
+    if slimmable_heads:
+        runs += [StudyRun(f"mutualnet_slimheads_seed{seed}", "MutualNet, slimmable heads",
+                          ("MUTUALNET.TRAIN.METHOD", "mutualnet", "MUTUALNET.SLIMMABLE_HEADS", "True"), seed)
+                 for seed in seeds]
     runs.append(method("mutualnet_distill_seed1", "MutualNet + distill", "mutualnet", True, 1))
     runs.append(method("usnet_distill_seed1", "US-Net + distill", "usnet", True, 1))
     # diagnostic: MutualNet with gentler input scales (at 192 px, scale 0.4 leaves 77 px images in

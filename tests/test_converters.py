@@ -177,6 +177,20 @@ def test_torchvision_resnet18_loads_with_no_missing_keys(tmp_path):
     load_converted(MutualNetTrainer.build_model(tiny_cfg(**{"MODEL.RESNETS.STEM_OUT_CHANNELS": 64})), payload, tmp_path)
 
 
+def test_converted_backbone_loads_into_slimmable_heads_model_whose_heads_stay_initialised(tmp_path):
+    path = str(tmp_path / "tv18.pth")
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    payload, _ = convert_checkpoint(path)
+    torch.manual_seed(0)
+    model = MutualNetTrainer.build_model(tiny_cfg(**{"MODEL.RESNETS.STEM_OUT_CHANNELS": 64, "MUTUALNET.SLIMMABLE_HEADS": True}))
+    initial = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("backbone.bottom_up.")}
+    load_converted(model, payload, tmp_path)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in initial.items())  # FPN and heads: initialisation
+    assert torch.equal(state["backbone.bottom_up.res5.1.conv2.weight"],
+                       torch.as_tensor(payload["model"]["backbone.bottom_up.res5.1.conv2.weight"]))
+
+
 def test_truncated_unmappable_and_wrong_architecture_are_refused(official_checkpoint, tmp_path):
     path, saved = official_checkpoint
     truncated = tmp_path / "truncated.pt"

@@ -10,14 +10,21 @@ from mutualnet_det.bn_calibration import calibrate_bn, use_configuration
 from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.freeze import build_frozen_resnet_fpn_backbone  # noqa: F401 (registered)
 from mutualnet_det.modeling.slimmable_ops import SlimmableConv2d
+from mutualnet_det.width import SlimmableLayer
+from tools_loader import load_tool
 
 WIDTHS = (1.0, 0.6, 0.25)
 
 
-def trained_like(depth, norm="BN"):
+# slimmable heads, with BN in the FPN and heads (sliced, calibrated) and a conv in the box head
+SLIM_HEADS = {"MUTUALNET.SLIMMABLE_HEADS": True, "MODEL.FPN.NORM": "BN", "MODEL.ROI_BOX_HEAD.NORM": "BN",
+              "MODEL.ROI_MASK_HEAD.NORM": "BN", "MODEL.ROI_BOX_HEAD.NUM_CONV": 1, "MODEL.ROI_BOX_HEAD.CONV_DIM": 16}
+
+
+def trained_like(depth, norm="BN", **extra):
     """A tiny model whose BN statistics were calibrated (so the bank has every width)."""
     settings = {"MODEL.RESNETS.DEPTH": depth, "MODEL.RESNETS.NORM": norm, "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0,
-                "TEST.DETECTIONS_PER_IMAGE": 10}
+                "TEST.DETECTIONS_PER_IMAGE": 10, **extra}
     if depth >= 50:
         settings.update({"MODEL.RESNETS.RES2_OUT_CHANNELS": 64, "MODEL.RESNETS.STEM_OUT_CHANNELS": 16})
     cfg = tiny_cfg(**settings)
@@ -41,9 +48,9 @@ def assert_same_detections(a, b):
     assert (a.pred_masks.float() - b.pred_masks.float()).abs().mean() <= 1e-3
 
 
-@pytest.mark.parametrize("depth", [18, 50])
-def test_frozen_equals_slimmable_at_three_widths(depth):
-    _, model = trained_like(depth)
+@pytest.mark.parametrize("depth,extra", [(18, {}), (50, {}), (18, SLIM_HEADS)], ids=["R18", "R50", "R18-slim-heads"])
+def test_frozen_equals_slimmable_at_three_widths(depth, extra):
+    _, model = trained_like(depth, **extra)
     inputs = [{"image": toy_batch(1, seed=5)[0]["image"], "height": 64, "width": 64}]
     for width in WIDTHS:
         frozen = freeze_width(model, width).eval()
@@ -51,6 +58,9 @@ def test_frozen_equals_slimmable_at_three_widths(depth):
         assert not hasattr(frozen, "bn_stats_bank") and type(frozen).__name__ == "GeneralizedRCNN"
         if width < 1:
             assert sum(p.numel() for p in frozen.backbone.parameters()) < sum(p.numel() for p in model.backbone.parameters())
+            heads_shrink = bool(extra)
+            assert (sum(p.numel() for p in frozen.roi_heads.parameters())
+                    < sum(p.numel() for p in model.roi_heads.parameters())) == heads_shrink
         model.eval()
         use_configuration(model, width, 1.0)
         assert_same_detections(outputs(model, inputs), outputs(frozen, inputs))
@@ -82,3 +92,19 @@ def test_frozen_config_rebuilds_the_model_without_slimmable_modules():
     assert not result.missing_keys and not any(isinstance(m, SlimmableConv2d) for m in rebuilt.modules())
     inputs = [{"image": toy_batch(1, seed=5)[0]["image"], "height": 64, "width": 64}]
     assert_same_detections(outputs(frozen, inputs), outputs(rebuilt, inputs))
+
+
+def test_frozen_slimmable_heads_config_rebuilds_stock_heads_of_that_width():
+    cfg, model = trained_like(18, **SLIM_HEADS)
+    frozen = freeze_width(model, 0.25).eval()
+    rebuilt_cfg = load_tool("freeze_width").frozen_config(cfg, 0.25, 1.0)
+    # hand-computed: FPN 32 -> 8, box conv 16 -> 8, box FC 32 -> 8, mask conv 16 -> 8 (multiples of 8, >= 8)
+    assert (rebuilt_cfg.MODEL.FPN.OUT_CHANNELS, rebuilt_cfg.MODEL.ROI_BOX_HEAD.CONV_DIM, rebuilt_cfg.MODEL.ROI_BOX_HEAD.FC_DIM,
+            rebuilt_cfg.MODEL.ROI_MASK_HEAD.CONV_DIM) == (8, 8, 8, 8)
+    rebuilt = build_model(rebuilt_cfg).eval()
+    result = rebuilt.load_state_dict(frozen.state_dict(), strict=True)
+    assert not result.missing_keys and not any(isinstance(m, SlimmableLayer) for m in rebuilt.modules())
+    inputs = [{"image": toy_batch(1, seed=5)[0]["image"], "height": 64, "width": 64}]
+    assert_same_detections(outputs(frozen, inputs), outputs(rebuilt, inputs))
+    use_configuration(model, 0.25, 1.0)
+    assert_same_detections(outputs(model.eval(), inputs), outputs(rebuilt, inputs))

@@ -5,7 +5,7 @@ import os
 from helpers import REPO
 
 
-def _load(name):
+def load_tool(name):
     spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -13,4 +13,4 @@ def _load(name):
 
 
 def convert_main(argv):
-    return _load("convert_mutualnet_imagenet").main(argv)
+    return load_tool("convert_mutualnet_imagenet").main(argv)

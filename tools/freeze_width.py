@@ -5,7 +5,8 @@
         --width 0.5 [--resolution-scale 1.0] --output out/ MODEL.WEIGHTS output/shapes_mutualnet/model_final.pth
 Writes out/model_frozen_w0.5.pth and out/config_frozen_w0.5.yaml (GeneralizedRCNN with
 build_frozen_resnet_fpn_backbone: no slimmable module at run time; the test resize is already
-multiplied by the resolution scale).
+multiplied by the resolution scale; with MUTUALNET.SLIMMABLE_HEADS the FPN and head sizes are
+those of the width).
 """
 import argparse
 import os
@@ -19,6 +20,7 @@ from mutualnet_det import add_mutualnet_config, freeze_width, validate_mutualnet
 from mutualnet_det.checkpoint import CheckpointError, load_weights
 from mutualnet_det.data.rescale import scaled_test_cfg
 from mutualnet_det.engine.trainer import MutualNetTrainer
+from mutualnet_det.modeling import head_channels_at
 
 
 def frozen_config(cfg, width, resolution_scale):
@@ -30,6 +32,9 @@ def frozen_config(cfg, width, resolution_scale):
     frozen.MUTUALNET.FROZEN_WIDTH = width
     frozen.MUTUALNET.TEST.WIDTHS = (width,)
     frozen.MUTUALNET.TEST.RESOLUTION_SCALES = (1.0,)
+    if cfg.MUTUALNET.SLIMMABLE_HEADS:  # the stock FPN and heads of that width
+        for key, value in head_channels_at(cfg, width).items():
+            frozen.merge_from_list([key, value])
     return frozen
 
 

@@ -4,6 +4,7 @@
     python tools/study.py                  # train all runs, sweep them, write results.json, table.md, tradeoff.png
                                            # (2 runs at a time, one CPU thread each: --jobs)
     python tools/study.py --summarize-only # rebuild the table and plot from finished runs
+    python tools/study.py --slimmable-heads # also MutualNet with slimmable heads (2 runs more)
 """
 import argparse
 import os
@@ -17,8 +18,10 @@ def main():
     parser.add_argument("--summarize-only", action="store_true")
     parser.add_argument("--jobs", type=int, default=2,
                         help="runs trained at once, one CPU thread each (2 suits a 2-core machine)")
+    parser.add_argument("--slimmable-heads", action="store_true",
+                        help="also MutualNet with slimmable FPN outputs and heads (2 seeds), a curve of its own")
     args = parser.parse_args()
-    runs = study_plan()
+    runs = study_plan(slimmable_heads=args.slimmable_heads)
     summary = summarize(args.output, runs) if args.summarize_only else run_study(args.output, runs, args.jobs)
     print(open(os.path.join(args.output, "table.md")).read())
     print(f"{len(summary)} method groups; results in {args.output}")

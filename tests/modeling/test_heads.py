@@ -14,7 +14,8 @@ from detectron2.utils.events import EventStorage
 
 import mutualnet_det
 from mutualnet_det import set_width
-from mutualnet_det.flops import model_gflops
+from mutualnet_det.bn_calibration import bn_layers, calibrate_bn
+from mutualnet_det.flops import active_parameters, model_gflops
 from mutualnet_det.modeling.slimmable_ops import SlimmableConv2d, SlimmableConvTranspose2d, SlimmableLinear
 
 from .reference_nets import plain_resnet, randomize_bn_stats, slice_like
@@ -137,8 +138,9 @@ def test_width_w_is_detectron2_mask_rcnn_with_reduced_channels(depth):
             for name in reference_features:
                 assert (features[name] - reference_features[name]).abs().max() <= 1e-4, name
             assert_same_detections(reference(inputs)[0]["instances"], ours(inputs)[0]["instances"])
-        # fvcore's count of the whole stock reduced detector is ours at that width
+        # fvcore's count of the whole stock reduced detector is ours at that width; so are its parameters
         assert model_gflops(ours, inputs[0]) == pytest.approx(model_gflops(reference, inputs[0]), rel=1e-9)
+        assert active_parameters(ours, inputs[0]) == sum(p.numel() for p in reference.parameters())
         # training losses (same proposal/RoI sampling: same seed)
         batch = [dict(inputs[0], instances=_instances())]
         losses = []
@@ -181,3 +183,35 @@ def test_predictor_outputs_stay_full_and_default_heads_are_stock():
     set_width(backbone_only, 0.25)
     with torch.no_grad():
         assert backbone_only.backbone(backbone_only.preprocess_image(inputs).tensor)["p2"].shape[1] == 64
+
+
+def test_head_bn_calibration_equals_the_reduced_reference_statistics():
+    """Calibrating at width 0.5 gives every FPN/head BN the statistics the stock reduced model
+    accumulates over the same batches (same RoI sampling: same seed)."""
+    settings = HEAD_SETTINGS[18]
+    torch.manual_seed(0)
+    ours = randomized(build_model(mask_rcnn_cfg(18, **settings)))
+    reference = reference_at(18, 0.5, settings)
+    load_sliced_detector(reference, ours.state_dict())
+    batches = [[dict(image_inputs(seed=s)[0], instances=_instances())] for s in (4, 5)]
+    torch.manual_seed(7)
+    assert calibrate_bn(ours, iter(batches), 0.5, 1.0, num_batches=2)
+    reference_bns = bn_layers(reference)
+    for layer in reference_bns.values():
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average, as calibration does
+    torch.manual_seed(7)
+    reference.train()
+    with torch.no_grad(), EventStorage():
+        for batch in batches:
+            reference(batch)
+    head_names = [n for n in reference_bns if not n.startswith("backbone.bottom_up")]
+    assert any(n.startswith("roi_heads.box_head") for n in head_names) and any("mask_head" in n for n in head_names)
+    ours_bns = bn_layers(ours)
+    for name in head_names:
+        expected, actual = reference_bns[name], ours_bns[name]
+        channels = expected.num_features
+        assert actual.num_features > channels
+        assert torch.allclose(actual.running_mean[:channels], expected.running_mean, atol=1e-4), name
+        assert torch.allclose(actual.running_var[:channels], expected.running_var, rtol=1e-3, atol=1e-4), name
+    assert (0.5, 1.0) in ours.bn_stats_bank
