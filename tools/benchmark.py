@@ -5,6 +5,8 @@ memory of single, usnet and mutualnet. Writes JSON and Markdown to benchmarks/re
 
     python tools/benchmark.py [--config-file configs/Shapes/mutualnet_mask_rcnn_R_18_FPN.yaml]
         [--weights output/shapes_mutualnet/model_final.pth] [--train-iters 6]
+    python tools/benchmark.py --slimmable-heads   # backbone-only vs slimmable heads (GFLOPs,
+        latency at widths 1.0 and 0.25; s/iteration of single vs MutualNet): slimmable_heads_*.{json,md}
 """
 import argparse
 import datetime
@@ -28,6 +30,7 @@ from mutualnet_det.checkpoint import load_weights
 from mutualnet_det.data.rescale import scaled_test_input
 from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.flops import backbone_gflops, model_gflops
+from mutualnet_det.width import set_width
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
@@ -74,8 +77,9 @@ def inference_benchmark(cfg, weights, device, repeats):
     return rows, backbone_rows
 
 
-def training_benchmark(config_file, method, iters, device):
-    """Seconds per iteration and peak memory of one method, in a fresh process (clean peak)."""
+def training_benchmark(config_file, method, iters, device, opts=()):
+    """Seconds per iteration and peak memory of one method, in a fresh process (clean peak);
+    `opts`: further KEY, VALUE config overrides."""
     code = f"""
 import json, sys, time, torch
 sys.argv = ['x']
@@ -86,7 +90,7 @@ from mutualnet_det.engine.trainer import MutualNetTrainer
 sys.path.insert(0, {os.path.join(REPO, 'tools')!r})
 from benchmark import load_cfg
 cfg = load_cfg({config_file!r}, ['MUTUALNET.TRAIN.METHOD', {method!r}, 'MODEL.DEVICE', {device!r},
-               'OUTPUT_DIR', '/tmp/mutualnet_benchmark_{method}', 'DATALOADER.NUM_WORKERS', 0])
+               'OUTPUT_DIR', '/tmp/mutualnet_benchmark_{method}', 'DATALOADER.NUM_WORKERS', 0, *{list(opts)!r}])
 trainer = MutualNetTrainer(cfg)
 step = trainer._trainer
 with EventStorage(0):
@@ -103,6 +107,68 @@ print(json.dumps({{"seconds_per_iter": (time.perf_counter() - start) / {iters}, 
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def heads_benchmark(config_file, device, repeats, train_iters):
+    """Whole-model GFLOPs and latency at widths 1.0 and 0.25 (scale 1.0), backbone-only vs
+    slimmable heads, and s/iteration of single vs MutualNet with slimmable heads (issue 14).
+
+    Random weights with SCORE_THRESH_TEST 0: every configuration keeps TEST.DETECTIONS_PER_IMAGE
+    detections, so the mask head's cost is the same worst case for every row (a trained model's
+    detection count would change with the width)."""
+    image = read_image(DatasetCatalog.get(load_cfg(config_file).DATASETS.TEST[0])[0]["file_name"], format="BGR")
+    rows = []
+    for slimmable_heads in (False, True):
+        cfg = load_cfg(config_file, ["MODEL.DEVICE", device, "MUTUALNET.SLIMMABLE_HEADS", slimmable_heads,
+                                     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0])
+        torch.manual_seed(0)
+        model = MutualNetTrainer.build_model(cfg).to(device).eval()
+        inputs = scaled_test_input(image, cfg, 1.0)
+        tensor = model.preprocess_image([inputs]).tensor
+        for width in (1.0, 0.25):
+            set_width(model, width)
+            with torch.no_grad():
+                rows.append({"slimmable_heads": slimmable_heads, "width": width, "gflops": model_gflops(model, inputs),
+                             "gflops_backbone": backbone_gflops(model, tensor),
+                             "detections": len(model([inputs])[0]["instances"]),
+                             "latency": time_call(lambda: model([inputs]), device, repeats=repeats)})
+    heads = ["MUTUALNET.SLIMMABLE_HEADS", "True"]
+    training = {"single": training_benchmark(config_file, "single", train_iters, device, heads),
+                "mutualnet_slimmable_heads": training_benchmark(config_file, "mutualnet", train_iters, device, heads),
+                "mutualnet_backbone_only": training_benchmark(config_file, "mutualnet", train_iters, device)}
+    return rows, training
+
+
+def heads_markdown(report):
+    lines = [f"# Slimmable heads benchmark {report['date']} on {report['device_name']}", "",
+             f"Config `{os.path.relpath(report['config'], REPO)}`, random weights, score threshold 0 (fixed "
+             "detection count), one image, scale 1.0; latency: median ms over repeats.", "",
+             "| heads | width | GFLOPs (model) | GFLOPs (backbone) | detections | latency ms: median (IQR) | min |",
+             "|---|---|---|---|---|---|---|"]
+    for r in report["inference"]:
+        lines.append(f"| {'slimmable' if r['slimmable_heads'] else 'full (paper)'} | {r['width']:g} | {r['gflops']:.2f} | "
+                     f"{r['gflops_backbone']:.2f} | {r['detections']} | {r['latency']['median_ms']:.1f} ({r['latency']['iqr_ms']:.1f}) | "
+                     f"{r['latency']['min_ms']:.1f} |")
+    lines += ["", "Training (same batch; MutualNet: cohort of 2 + NUM_RANDOM_WIDTHS members):", "",
+              "| method | s / iteration | peak memory (MB) |", "|---|---|---|"]
+    for method, r in report["training"].items():
+        lines.append(f"| {method} | {r['seconds_per_iter']:.2f} | {r['peak_memory_mb']:.0f} |")
+    lines += ["", "Ratios measured in this run (width 0.25 / width 1.0, same heads setting):", ""]
+    for slimmable_heads, label in ((False, "full heads (paper)"), (True, "slimmable heads")):
+        full, narrow = (next(r for r in report["inference"] if r["slimmable_heads"] == slimmable_heads and r["width"] == w)
+                        for w in (1.0, 0.25))
+        flops, latency = narrow["gflops"] / full["gflops"], narrow["latency"]["median_ms"] / full["latency"]["median_ms"]
+        target = f" (target <= 0.20: {'met' if flops <= 0.20 else 'not met'})" if slimmable_heads else ""
+        latency_target = f" (target <= 0.30: {'met' if latency <= 0.30 else 'not met'})" if slimmable_heads else ""
+        least = narrow["latency"]["min_ms"] / full["latency"]["min_ms"]  # less sensitive to other processes
+        lines += [f"- {label}: GFLOPs {flops:.3f}{target}; latency {latency:.3f}{latency_target} (min: {least:.3f})"]
+    t = report["training"]
+    ratio = t["mutualnet_slimmable_heads"]["seconds_per_iter"] / t["single"]["seconds_per_iter"]
+    lines += [f"- MutualNet with slimmable heads / single-width iteration: {ratio:.2f} (target <= 2.2: "
+              f"{'met' if ratio <= 2.2 else 'not met'})",
+              f"- MutualNet backbone-only / single-width iteration: "
+              f"{t['mutualnet_backbone_only']['seconds_per_iter'] / t['single']['seconds_per_iter']:.2f}"]
+    return "\n".join(lines) + "\n"
 
 
 def markdown(report):
@@ -144,7 +210,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--train-iters", type=int, default=6)
     parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "results"))
+    parser.add_argument("--slimmable-heads", action="store_true",
+                        help="only the comparison of backbone-only and slimmable heads (MUTUALNET.SLIMMABLE_HEADS)")
     args = parser.parse_args()
+    if args.slimmable_heads:
+        return main_heads(args)
     cfg = load_cfg(args.config_file, ["MODEL.DEVICE", args.device])
     inference, backbone = inference_benchmark(cfg, args.weights, args.device, args.repeats)
     training = {m: training_benchmark(args.config_file, m, args.train_iters, args.device) for m in ("single", "usnet", "mutualnet")}
@@ -160,6 +230,25 @@ def main():
     with open(stem + ".md", "w") as f:
         f.write(markdown(report))
     print(markdown(report))
+    print(f"written to {stem}.json and {stem}.md")
+
+
+def device_description(device):
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else \
+        f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()} (torch threads {torch.get_num_threads()})"
+
+
+def main_heads(args):
+    inference, training = heads_benchmark(args.config_file, args.device, args.repeats, args.train_iters)
+    report = {"date": datetime.date.today().isoformat(), "device": args.device, "device_name": device_description(args.device),
+              "config": args.config_file, "inference": inference, "training": training}
+    os.makedirs(args.output, exist_ok=True)
+    stem = os.path.join(args.output, f"slimmable_heads_{args.device.split(':')[0]}_{report['date']}")
+    with open(stem + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(heads_markdown(report))
+    print(heads_markdown(report))
     print(f"written to {stem}.json and {stem}.md")
 
 
