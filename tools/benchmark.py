@@ -7,6 +7,8 @@ memory of single, usnet and mutualnet. Writes JSON and Markdown to benchmarks/re
         [--weights output/shapes_mutualnet/model_final.pth] [--train-iters 6]
     python tools/benchmark.py --slimmable-heads   # backbone-only vs slimmable heads (GFLOPs,
         latency at widths 1.0 and 0.25; s/iteration of single vs MutualNet): slimmable_heads_*.{json,md}
+    python tools/benchmark.py --precision [--train-iters 2]  # s/iteration of single, usnet and
+        mutualnet in float32 and with SOLVER.AMP.ENABLED (bfloat16 on CPU, float16 on CUDA): precision_*.{json,md}
 """
 import argparse
 import datetime
@@ -25,9 +27,10 @@ from detectron2.modeling import build_model
 
 from mutualnet_det import add_mutualnet_config, freeze_width
 from mutualnet_det.benchmark import time_call
-from mutualnet_det.bn_calibration import use_configuration
+from mutualnet_det.bn_calibration import calibration_batches, use_configuration
 from mutualnet_det.checkpoint import load_weights
 from mutualnet_det.data.rescale import scaled_test_input
+from mutualnet_det.engine.precision import cpu_has_fast_bfloat16, step_precision
 from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.flops import backbone_gflops, model_gflops
 from mutualnet_det.width import set_width
@@ -49,7 +52,7 @@ def inference_benchmark(cfg, weights, device, repeats):
     model = MutualNetTrainer.build_model(cfg).to(device).eval()
     if weights and os.path.isfile(weights):
         load_weights(model, weights)
-    train_batches = lambda: iter(MutualNetTrainer.build_train_loader(cfg))  # noqa: E731
+    train_batches = calibration_batches(cfg)
     image = read_image(DatasetCatalog.get(cfg.DATASETS.TEST[0])[0]["file_name"], format="BGR")
     stock_cfg = cfg.clone()
     stock_cfg.MODEL.META_ARCHITECTURE, stock_cfg.MODEL.BACKBONE.NAME = "GeneralizedRCNN", "build_resnet_fpn_backbone"
@@ -202,6 +205,47 @@ def markdown(report):
     return "\n".join(lines) + "\n"
 
 
+def precision_benchmark(config_file, iters, device):
+    """Seconds per training iteration of each method in float32 and under AMP, each in a fresh process."""
+    return {method: {precision: training_benchmark(config_file, method, iters, device,
+                                                   ["SOLVER.AMP.ENABLED", precision != "float32"])
+                     for precision in ("float32", "amp")}
+            for method in ("single", "usnet", "mutualnet")}
+
+
+def precision_markdown(report):
+    amp_name = step_precision(True, report["device"]).name
+    lines = [f"# Training precision benchmark ({report['date']}, {report['device_name']})", "",
+             f"Config `{os.path.relpath(report['config'], REPO)}`; {report['train_iters']} timed iterations after 2 "
+             f"warm-up ones, each method and precision in a fresh process. AMP here = {amp_name}; native "
+             f"bfloat16 convolutions on this CPU: {report['cpu_fast_bfloat16']} (CPU capability "
+             f"{report['cpu_capability']}).", "",
+             f"| method | float32 s/iter | {amp_name} s/iter | {amp_name} / float32 | peak MB float32 | peak MB {amp_name} |",
+             "|---|---|---|---|---|---|"]
+    for method, row in report["training"].items():
+        fp32, amp = row["float32"], row["amp"]
+        lines.append(f"| {method} | {fp32['seconds_per_iter']:.2f} | {amp['seconds_per_iter']:.2f} | "
+                     f"{amp['seconds_per_iter'] / fp32['seconds_per_iter']:.2f} | {fp32['peak_memory_mb']:.0f} | "
+                     f"{amp['peak_memory_mb']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main_precision(args):
+    iters = args.train_iters
+    report = {"date": datetime.date.today().isoformat(), "device": args.device,
+              "device_name": device_description(args.device), "config": args.config_file, "train_iters": iters,
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_fast_bfloat16": cpu_has_fast_bfloat16(),
+              "training": precision_benchmark(args.config_file, iters, args.device)}
+    os.makedirs(args.output, exist_ok=True)
+    stem = os.path.join(args.output, f"precision_{args.device.split(':')[0]}_{report['date']}")
+    with open(stem + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(precision_markdown(report))
+    print(precision_markdown(report))
+    print(f"written to {stem}.json and {stem}.md")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default=os.path.join(REPO, "configs", "Shapes", "mutualnet_mask_rcnn_R_18_FPN.yaml"))
@@ -212,9 +256,13 @@ def main():
     parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "results"))
     parser.add_argument("--slimmable-heads", action="store_true",
                         help="only the comparison of backbone-only and slimmable heads (MUTUALNET.SLIMMABLE_HEADS)")
+    parser.add_argument("--precision", action="store_true",
+                        help="only training s/iteration of each method in float32 and with SOLVER.AMP.ENABLED")
     args = parser.parse_args()
     if args.slimmable_heads:
         return main_heads(args)
+    if args.precision:
+        return main_precision(args)
     cfg = load_cfg(args.config_file, ["MODEL.DEVICE", args.device])
     inference, backbone = inference_benchmark(cfg, args.weights, args.device, args.repeats)
     training = {m: training_benchmark(args.config_file, m, args.train_iters, args.device) for m in ("single", "usnet", "mutualnet")}
