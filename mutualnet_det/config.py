@@ -41,6 +41,12 @@ def add_mutualnet_config(cfg):
     _C.MUTUALNET.TRAIN.INPLACE_DISTILL = False
     _C.MUTUALNET.TRAIN.DISTILL_MODE = "soft_labels"
     _C.MUTUALNET.TRAIN.DISTILL_WEIGHT = 1.0
+    # Gradient clipping that treats every method alike: the summed gradient's total L2 norm is
+    # clipped at this value x the number of cohort members (one for "single", so there it is
+    # ordinary whole-model norm clipping). 0 = off. Detectron2's SOLVER.CLIP_GRADIENTS clips each
+    # parameter separately and would act on a cohort's summed gradient unlike on one model's:
+    # keep it disabled when comparing methods. The norm before clipping is logged as grad_norm.
+    _C.MUTUALNET.TRAIN.CLIP_GRAD_NORM_PER_MEMBER = 0.0
     # Seed of the cohort sequence (iteration i uses seed (SEED, i)); -1: use cfg.SEED, or 0.
     _C.MUTUALNET.TRAIN.COHORT_SEED = -1
 
@@ -89,6 +95,9 @@ def validate_mutualnet_config(cfg):
                          "and narrower members to distill into; METHOD='single' has only the widest")
     if train.DISTILL_MODE not in DISTILL_MODES:
         raise ValueError(f"MUTUALNET.TRAIN.DISTILL_MODE={train.DISTILL_MODE!r} is unknown; accepted: {DISTILL_MODES}")
+    if not train.CLIP_GRAD_NORM_PER_MEMBER >= 0:
+        raise ValueError(f"MUTUALNET.TRAIN.CLIP_GRAD_NORM_PER_MEMBER={train.CLIP_GRAD_NORM_PER_MEMBER} must be "
+                         ">= 0 (0 = no clipping)")
     if train.DISTILL_WEIGHT < 0:
         raise ValueError(f"MUTUALNET.TRAIN.DISTILL_WEIGHT={train.DISTILL_WEIGHT} must be >= 0")
     if node.BN_CALIB.NUM_BATCHES < 1:

@@ -1,62 +1,69 @@
 #!/usr/bin/env python
-"""Accuracy parity of bfloat16 (CPU autocast) against float32 training, on the embedded study config.
+"""Accuracy parity of AMP (bfloat16 autocast on CPU) against float32 training, on the study config.
 
-    python tools/amp_parity.py            # trains the runs not done yet (2 at a time), then compares
+    python tools/amp_parity.py              # trains what is missing, one run at a time, then compares
     python tools/amp_parity.py --seeds 1 2  # float32 with two seeds gives a seed spread to compare with
 
-MutualNet is trained with the same config and seed in float32 and with SOLVER.AMP.ENABLED True
-(bfloat16 on CPU); both end with their width sweep. Parity at a width: |bf16 - fp32| box AP at
-scale 1.0 within the float32 seed spread (max - min over seeds), or within 1.5 AP with one seed.
-Writes benchmarks/amp_parity/{parity.json, parity.md, table.md, tradeoff.png, timings.json}.
+MutualNet is trained with the same config and seed in float32 and with SOLVER.AMP.ENABLED True;
+both end with their width sweep. The float32 runs are the study's "mutualnet_seed<n>" runs (same
+command line, same folder), so a study that has them already is reused. Parity at a width: |AMP -
+float32| box AP at scale 1.0 (same seed) within the float32 seed spread (max - min), or within
+1.5 AP with one seed. Writes amp_parity.{json,md} into --output.
 """
 import argparse
 import json
 import os
 
-from mutualnet_det.study import REPO, StudyRun, run_study
+from tqdm import tqdm
 
-MUTUALNET = ("MUTUALNET.TRAIN.METHOD", "mutualnet")
+from mutualnet_det.study import REPO, StudyRun, sweep_path, train_and_sweep
+
+MUTUALNET = ("MUTUALNET.TRAIN.METHOD", "mutualnet", "MUTUALNET.TRAIN.INPLACE_DISTILL", "False")
 ONE_SEED_TOLERANCE = 1.5  # box AP
 
 
 def parity_plan(float32_seeds):
-    runs = [StudyRun(f"mutualnet_float32_seed{seed}", "MutualNet float32", MUTUALNET, seed) for seed in float32_seeds]
-    runs.append(StudyRun("mutualnet_bfloat16_seed1", "MutualNet bfloat16", MUTUALNET + ("SOLVER.AMP.ENABLED", "True"), 1))
-    return runs
+    runs = [StudyRun(f"mutualnet_seed{seed}", "MutualNet float32", MUTUALNET, seed) for seed in float32_seeds]
+    return runs + [StudyRun("mutualnet_amp_seed1", "MutualNet AMP", MUTUALNET + ("SOLVER.AMP.ENABLED", "True"), 1)]
 
 
-def compare(summary, widths=(1.0, 0.25)):
-    """Per width at scale 1.0: float32 seed values, bfloat16 (seed 1), difference, tolerance, verdict."""
+def box_ap(records, width, metric=("bbox", "AP")):
+    record = next(r for r in records if r["width"] == width and r["resolution_scale"] == 1.0)
+    return record[metric[0]][metric[1]]
+
+
+def compare(float32_sweeps, amp_sweep, widths=(1.0, 0.25)):
+    """Per width at scale 1.0: float32 values (seed 1 first), AMP (seed 1), difference, tolerance, verdict."""
     rows = []
     for width in widths:
-        def at(group):
-            return next(r for r in summary[group] if r["width"] == width and r["resolution_scale"] == 1.0)
-        fp32, bf16 = at("MutualNet float32"), at("MutualNet bfloat16")
-        seeds = fp32["bbox"]["AP_seeds"]
+        seeds = [box_ap(sweep, width) for sweep in float32_sweeps]
         tolerance = max(seeds) - min(seeds) if len(seeds) > 1 else ONE_SEED_TOLERANCE
-        difference = bf16["bbox"]["AP"] - seeds[0]  # same seed (1) as the bfloat16 run
-        rows.append({"width": width, "float32_box_AP_seeds": seeds, "bfloat16_box_AP": bf16["bbox"]["AP"],
+        difference = box_ap(amp_sweep, width) - seeds[0]
+        rows.append({"width": width, "float32_box_AP_seeds": seeds, "amp_box_AP": box_ap(amp_sweep, width),
                      "difference_to_same_seed": difference, "tolerance": tolerance,
-                     "float32_mask_AP_seeds": fp32["segm"]["AP_seeds"], "bfloat16_mask_AP": bf16["segm"]["AP"],
-                     "parity": abs(difference) <= tolerance})
+                     "float32_mask_AP_seeds": [box_ap(s, width, ("segm", "AP")) for s in float32_sweeps],
+                     "amp_mask_AP": box_ap(amp_sweep, width, ("segm", "AP")), "parity": abs(difference) <= tolerance})
     return rows
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "amp_parity"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="float32 seeds (1 is always compared)")
-    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "study_faithful"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="float32 seeds (seed 1 is always one)")
     args = parser.parse_args()
-    summary = run_study(args.output, parity_plan(sorted(set(args.seeds) | {1})), args.jobs)
-    rows = compare(summary)
-    with open(os.path.join(args.output, "parity.json"), "w") as f:
+    runs = parity_plan([1] + sorted(set(args.seeds) - {1}))
+    for run in tqdm(runs, desc="parity runs"):
+        if not os.path.isfile(sweep_path(args.output, run)):
+            train_and_sweep(run, args.output)
+    sweeps = [json.load(open(sweep_path(args.output, run))) for run in runs]
+    rows = compare(sweeps[:-1], sweeps[-1])
+    with open(os.path.join(args.output, "amp_parity.json"), "w") as f:
         json.dump(rows, f, indent=1)
-    lines = ["| width | float32 box AP (seeds) | bfloat16 box AP | bf16 - fp32 (seed 1) | tolerance | parity |",
+    lines = ["| width | float32 box AP (seeds) | AMP box AP | AMP - float32 (seed 1) | tolerance | parity |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['width']:g} | {', '.join(f'{v:.1f}' for v in r['float32_box_AP_seeds'])} | {r['bfloat16_box_AP']:.1f} | "
+    lines += [f"| {r['width']:g} | {', '.join(f'{v:.1f}' for v in r['float32_box_AP_seeds'])} | {r['amp_box_AP']:.1f} | "
               f"{r['difference_to_same_seed']:+.1f} | {r['tolerance']:.1f} | {'yes' if r['parity'] else 'no'} |" for r in rows]
-    with open(os.path.join(args.output, "parity.md"), "w") as f:
+    with open(os.path.join(args.output, "amp_parity.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

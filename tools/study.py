@@ -5,6 +5,7 @@
                                            # (2 runs at a time, one CPU thread each: --jobs)
     python tools/study.py --summarize-only # rebuild the table and plot from finished runs
     python tools/study.py --slimmable-heads # also MutualNet with slimmable heads (2 runs more)
+    python tools/study.py --runs mutualnet_seed1 usnet_seed1 --output DIR  # a subset of the plan
 """
 import argparse
 import os
@@ -20,8 +21,16 @@ def main():
                         help="runs trained at once, one CPU thread each (2 suits a 2-core machine)")
     parser.add_argument("--slimmable-heads", action="store_true",
                         help="also MutualNet with slimmable FPN outputs and heads (2 seeds), a curve of its own")
+    parser.add_argument("--runs", nargs="+", metavar="NAME",
+                        help="only these runs of the plan, in this order (e.g. mutualnet_seed1 usnet_seed1)")
     args = parser.parse_args()
     runs = study_plan(slimmable_heads=args.slimmable_heads)
+    if args.runs:
+        by_name = {run.name: run for run in runs}
+        unknown = [name for name in args.runs if name not in by_name]
+        if unknown:
+            parser.error(f"unknown run(s) {unknown}; the plan has {sorted(by_name)}")
+        runs = [by_name[name] for name in args.runs]
     summary = summarize(args.output, runs) if args.summarize_only else run_study(args.output, runs, args.jobs)
     print(open(os.path.join(args.output, "table.md")).read())
     print(f"{len(summary)} method groups; results in {args.output}")

@@ -20,10 +20,12 @@ def unwrap(model):
     return getattr(model, "module", model)
 
 
-def total_grad_norm(parameters) -> float:
-    """L2 norm of all gradients together (what clipping of the whole model would see)."""
-    norms = [p.grad.detach().float().norm() for p in parameters if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+def clip_summed_gradient(parameters, max_norm_per_member: float, num_members: int) -> float:
+    """Total L2 norm of the gradients (before clipping); with `max_norm_per_member` > 0 the
+    gradients are scaled down to a total norm of at most max_norm_per_member x num_members."""
+    parameters = [p for p in parameters if p.grad is not None]
+    max_norm = max_norm_per_member * num_members if max_norm_per_member > 0 else float("inf")
+    return float(torch.nn.utils.clip_grad_norm_(parameters, max_norm)) if parameters else 0.0
 
 
 class SandwichTrainer(SimpleTrainer):
@@ -31,15 +33,18 @@ class SandwichTrainer(SimpleTrainer):
 
     cohort_of(iteration) returns the members (widest first). `distillation` (optional): the
     widest member teaches the others (engine/distillation.py). `precision`: float32, or autocast
-    with Detectron2's AMP semantics (engine/precision.py).
+    with Detectron2's AMP semantics (engine/precision.py). `clip_grad_norm_per_member` > 0: the
+    summed gradient's norm is clipped at that value x the cohort size (alike for every method).
     """
 
     def __init__(self, model, data_loader, optimizer, cohort_of: Callable[[int], List[CohortMember]],
-                 distillation: Optional[InplaceDistillation] = None, precision: Optional[StepPrecision] = None):
+                 distillation: Optional[InplaceDistillation] = None, precision: Optional[StepPrecision] = None,
+                 clip_grad_norm_per_member: float = 0.0):
         super().__init__(model, data_loader, optimizer)
         self.cohort_of = cohort_of
         self.distillation = distillation
         self.precision = precision or StepPrecision(next(unwrap(model).parameters()).device.type)
+        self.clip_grad_norm_per_member = clip_grad_norm_per_member
 
     def run_step(self):
         assert self.model.training, "[SandwichTrainer] model was changed to eval mode!"
@@ -67,12 +72,13 @@ class SandwichTrainer(SimpleTrainer):
             member_losses.append((member, loss_dict))
         set_width(model, cohort[0].width)
 
-        # Gradients at their true scale, once; their norm is logged before any clipping.
+        # Gradients at their true scale, once; their total norm (logged) before clipping.
         self.precision.unscale_(self.optimizer)
-        grad_norm = total_grad_norm(p for group in self.optimizer.param_groups for p in group["params"])
+        grad_norm = clip_summed_gradient((p for group in self.optimizer.param_groups for p in group["params"]),
+                                         self.clip_grad_norm_per_member, len(cohort))
         self.after_backward()
-        self._write_cohort_metrics(member_losses, data_time, grad_norm)
-        self.precision.step(self.optimizer)  # clipping (if configured) runs inside optimizer.step
+        self._write_cohort_metrics(member_losses, data_time, grad_norm, len(cohort))
+        self.precision.step(self.optimizer)  # Detectron2's per-parameter clipping (if on) runs in here
 
     def _forward(self, inputs):
         """The member's loss dict, and what the distillation hooks captured (None without it)."""
@@ -86,13 +92,16 @@ class SandwichTrainer(SimpleTrainer):
             return contextlib.nullcontext()
         return self.model.no_sync()
 
-    def _write_cohort_metrics(self, member_losses, data_time, grad_norm):
-        """Detectron2's usual metrics for the widest member, plus the total gradient norm and each
-        member's total loss, width and resolution scale (member 0 is the widest)."""
+    def _write_cohort_metrics(self, member_losses, data_time, grad_norm, num_members):
+        """Detectron2's usual metrics for the widest member, plus the total gradient norm, whether
+        it was clipped, and each member's total loss, width and resolution scale (member 0 is the
+        widest)."""
         widest_member, widest_losses = member_losses[0]
         self._write_metrics({k: v for k, v in widest_losses.items() if k != "loss_distill"}, data_time)
         storage = get_event_storage()
         storage.put_scalar("grad_norm", grad_norm)  # every iteration, before any clipping
+        clipped = 0 < self.clip_grad_norm_per_member * num_members < grad_norm
+        storage.put_scalar("grad_clipped", float(clipped))  # its mean over a window = how often
         if (self.iter + 1) % self.gather_metric_period:
             return
         totals = []

@@ -8,7 +8,7 @@ from mutualnet_det import set_width
 from mutualnet_det.data.rescale import rescale_batch, scale_factors
 from mutualnet_det.engine.cohort import CohortMember
 from mutualnet_det.engine.distillation import InplaceDistillation, capture_forward, distillation_loss
-from mutualnet_det.engine.sandwich_trainer import SandwichTrainer
+from mutualnet_det.engine.sandwich_trainer import SandwichTrainer, clip_summed_gradient
 
 COHORT = [CohortMember(1.0, 1.0), CohortMember(0.6, 0.8), CohortMember(0.25, 0.6)]
 
@@ -152,3 +152,30 @@ def test_soft_labels_gradient_is_zero_for_a_member_identical_to_the_widest():
     step_cls_grad = grads[next(i for i, p in enumerate(params) if p is cls_weight)]
     assert widest_cls_grad.abs().max() > 1e-4
     assert torch.allclose(step_cls_grad, widest_cls_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_summed_gradient_clipped_at_per_member_norm_times_cohort_size():
+    first, second = torch.zeros(2, requires_grad=True), torch.zeros(1, requires_grad=True)
+    first.grad, second.grad = torch.tensor([3.0, 4.0]), torch.tensor([12.0])  # total norm 13 by hand
+    assert clip_summed_gradient([first, second], 0.0, 3) == 13.0  # off: nothing changes
+    assert torch.equal(second.grad, torch.tensor([12.0]))
+    assert clip_summed_gradient([first, second], 5.0, 3) == 13.0  # 5 x 3 = 15 > 13: unchanged
+    assert torch.equal(first.grad, torch.tensor([3.0, 4.0]))
+    assert abs(clip_summed_gradient([first, second], 2.0, 3) - 13.0) < 1e-6  # 2 x 3 = 6 < 13: scaled
+    assert torch.allclose(first.grad, torch.tensor([3.0, 4.0]) * 6 / 13, rtol=1e-5)
+    assert torch.allclose(second.grad, torch.tensor([12.0]) * 6 / 13, rtol=1e-5)
+
+
+def test_step_clips_and_logs_how_often():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).train()
+    optimizer = RecordingSGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    trainer = SandwichTrainer(model, [toy_batch()] * 2, optimizer, cohort_of=lambda i: COHORT,
+                              clip_grad_norm_per_member=1e-3)
+    with EventStorage(0) as storage:
+        trainer.iter = 0
+        trainer.run_step()
+    grad_norm = storage.latest()["grad_norm"][0]
+    assert grad_norm > 3e-3 and storage.latest()["grad_clipped"][0] == 1.0
+    stepped = torch.linalg.vector_norm(torch.stack([g.norm() for g in optimizer.grads if g is not None]))
+    assert abs(stepped - 1e-3 * len(COHORT)) < 1e-6  # the optimizer stepped with the clipped gradient

@@ -65,6 +65,7 @@ def test_pareto_front_and_budget_queries_on_a_hand_made_sweep():
     ("MUTUALNET.WIDTH_RANGE", (0.0, 1.0), "0 < narrowest <= widest <= 1.0"),
     ("MUTUALNET.TRAIN.METHOD", "slimmable", "accepted: ('mutualnet', 'usnet', 'single')"),
     ("MUTUALNET.TRAIN.DISTILL_MODE", "hard", "accepted: ('soft_labels', 'add')"),
+    ("MUTUALNET.TRAIN.CLIP_GRAD_NORM_PER_MEMBER", -1.0, "must be >= 0"),
 ])
 def test_bad_config_values_fail_naming_the_key(key, value, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
