@@ -10,7 +10,7 @@ calls; synchronised on CUDA). The table keeps the sweep's AP and GFLOPs beside t
 and the Pareto front by milliseconds, which `AdaptivePredictor` moves along.
 
 latency_table.json:
-    {"device", "device_name", "torch_threads", "date", "setting" (which parts are slimmable),
+    {"device", "device_name", "torch_threads", "load_average_at_start", "date", "setting" (which parts are slimmable),
      "weights", "sweep", "num_images", "warmup", "repeats_per_image", "metric",
      "switch": time_call statistics of one configuration switch (ms),
      "configurations": sweep records + latency_ms (median), latency_iqr_ms, latency_min_ms,
@@ -152,6 +152,7 @@ def profile_latency(cfg, model: nn.Module, sweep: Sequence[Dict], images: Sequen
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU x{os.cpu_count()}",
         "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": os.getloadavg(),  # 1, 5, 15 min: other work on the device while timing
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "setting": slimmable_setting(model),
         "num_images": len(images), "warmup": warmup, "repeats_per_image": repeats_per_image,

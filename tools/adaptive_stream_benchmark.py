@@ -51,7 +51,10 @@ def markdown(report):
              f"{report['frames']} validation images (cycled); budget {report['budget_ms']:.1f} ms per frame; from frame "
              f"{report['load_from_frame']} another process multiplies {report['load_size']}x{report['load_size']} "
              f"matrices on {report['load_threads']} thread(s). AP: the {'.'.join(report['metric'])} of the configuration "
-             "used, from the latency table (the sweep's value), averaged over frames.", "",
+             "used, from the latency table (the sweep's value), averaged over frames. Load average (1, 5, 15 min) "
+             f"when each stream started: "
+             + ", ".join(f"{name} {' / '.join(f'{x:.2f}' for x in load)}" for name, load in report["load_average_at_start"].items())
+             + ".", "",
              "| predictor | within budget (all) | before load | with load | mean AP (all) | before load | with load | median ms with load | switches |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, s in report["summaries"].items():
@@ -91,9 +94,11 @@ def main(argv=None):
     report = {"date": datetime.date.today().isoformat(), "device_name": table["device_name"], "setting": table["setting"],
               "table": os.path.abspath(table_path), "weights": os.path.abspath(cfg.MODEL.WEIGHTS),
               "metric": table["metric"], "budget_ms": budget_ms, "frames": args.frames, "load_from_frame": load_from_frame,
-              "load_threads": args.load_threads, "load_size": args.load_size, "summaries": {}, "per_frame": {}}
+              "load_threads": args.load_threads, "load_size": args.load_size, "summaries": {}, "per_frame": {},
+              "load_average_at_start": {}}
     for name, predictor in runs.items():
         print(f"stream: {name}")
+        report["load_average_at_start"][name] = os.getloadavg()  # other work on the machine (1, 5, 15 min)
         frames = run_stream(predictor, stream, BackgroundLoad(args.load_threads, args.load_size), load_from_frame)
         report["summaries"][name] = summarize_stream(frames, budget_ms, load_from_frame)
         report["per_frame"][name] = frame_rows(frames)
