@@ -230,20 +230,34 @@ def precision_markdown(report):
     return "\n".join(lines) + "\n"
 
 
-def main_precision(args):
-    iters = args.train_iters
-    report = {"date": datetime.date.today().isoformat(), "device": args.device,
-              "device_name": device_description(args.device), "config": args.config_file, "train_iters": iters,
-              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_fast_bfloat16": cpu_has_fast_bfloat16(),
-              "training": precision_benchmark(args.config_file, iters, args.device)}
-    os.makedirs(args.output, exist_ok=True)
-    stem = os.path.join(args.output, f"precision_{args.device.split(':')[0]}_{report['date']}")
+def new_report(args, **fields):
+    return {"date": datetime.date.today().isoformat(), "device": args.device,
+            "device_name": device_description(args.device), "config": args.config_file, **fields}
+
+
+def write_report(report, output, prefix, to_markdown):
+    """<output>/<prefix><device>_<date>.{json,md}; prints the Markdown."""
+    os.makedirs(output, exist_ok=True)
+    stem = os.path.join(output, f"{prefix}{report['device'].split(':')[0]}_{report['date']}")
     with open(stem + ".json", "w") as f:
         json.dump(report, f, indent=1)
     with open(stem + ".md", "w") as f:
-        f.write(precision_markdown(report))
-    print(precision_markdown(report))
+        f.write(to_markdown(report))
+    print(to_markdown(report))
     print(f"written to {stem}.json and {stem}.md")
+
+
+def main_precision(args):
+    report = new_report(args, train_iters=args.train_iters, cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                        cpu_fast_bfloat16=cpu_has_fast_bfloat16(),
+                        training=precision_benchmark(args.config_file, args.train_iters, args.device))
+    write_report(report, args.output, "precision_", precision_markdown)
+
+
+def main_heads(args):
+    inference, training = heads_benchmark(args.config_file, args.device, args.repeats, args.train_iters)
+    write_report(new_report(args, inference=inference, training=training), args.output, "slimmable_heads_",
+                 heads_markdown)
 
 
 def main():
@@ -266,38 +280,14 @@ def main():
     cfg = load_cfg(args.config_file, ["MODEL.DEVICE", args.device])
     inference, backbone = inference_benchmark(cfg, args.weights, args.device, args.repeats)
     training = {m: training_benchmark(args.config_file, m, args.train_iters, args.device) for m in ("single", "usnet", "mutualnet")}
-    device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
-        f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()} (torch threads {torch.get_num_threads()})"
-    report = {"date": datetime.date.today().isoformat(), "device": args.device, "device_name": device_name,
-              "config": args.config_file, "weights": args.weights if os.path.isfile(args.weights) else None,
-              "inference": inference, "backbone": backbone, "training": training}
-    os.makedirs(args.output, exist_ok=True)
-    stem = os.path.join(args.output, f"{args.device.split(':')[0]}_{report['date']}")
-    with open(stem + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown(report))
-    print(markdown(report))
-    print(f"written to {stem}.json and {stem}.md")
+    report = new_report(args, weights=args.weights if os.path.isfile(args.weights) else None,
+                        inference=inference, backbone=backbone, training=training)
+    write_report(report, args.output, "", markdown)
 
 
 def device_description(device):
     return torch.cuda.get_device_name(device) if device.startswith("cuda") else \
         f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()} (torch threads {torch.get_num_threads()})"
-
-
-def main_heads(args):
-    inference, training = heads_benchmark(args.config_file, args.device, args.repeats, args.train_iters)
-    report = {"date": datetime.date.today().isoformat(), "device": args.device, "device_name": device_description(args.device),
-              "config": args.config_file, "inference": inference, "training": training}
-    os.makedirs(args.output, exist_ok=True)
-    stem = os.path.join(args.output, f"slimmable_heads_{args.device.split(':')[0]}_{report['date']}")
-    with open(stem + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(heads_markdown(report))
-    print(heads_markdown(report))
-    print(f"written to {stem}.json and {stem}.md")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Parameter names and shapes are those of the wrapped Detectron2 layers, so checkp
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from detectron2.layers import Conv2d, FrozenBatchNorm2d, NaiveSyncBatchNorm
