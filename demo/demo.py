@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from mutualnet_det import add_mutualnet_config, validate_mutualnet_config, validate_width
 from mutualnet_det.adaptive import AdaptivePredictor
+from mutualnet_det.bn_calibration import calibration_batches
 from mutualnet_det.checkpoint import CheckpointError, load_weights
 from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.latency import load_latency_table
@@ -74,7 +75,7 @@ def load_predictor(config_file, opts, weights=None):
     method = {"mutualnet": "MutualNet", "usnet": "US-Net", "single": "single"}[cfg.MUTUALNET.TRAIN.METHOD]
     if cfg.MUTUALNET.TRAIN.INPLACE_DISTILL:
         method += "+distill"
-    return SlimmablePredictor(cfg, model, method, lambda: iter(MutualNetTrainer.build_train_loader(cfg)))
+    return SlimmablePredictor(cfg, model, method, calibration_batches(cfg))
 
 
 def expand_inputs(patterns):
