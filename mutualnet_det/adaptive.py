@@ -60,7 +60,7 @@ class BudgetPolicy:
         self.min_samples = window // 2 + 1
         self.recent = collections.deque(maxlen=window)
         self.frames_with_room = 0
-        # the best configuration under the budget on an idle device (the table's own times)
+        # the best configuration under the budget at the table's own times (the device as loaded as when profiled)
         self.index = self.front.index(best_config(self.front, max_ms=budget_ms, metric=metric))
 
     @property
