@@ -55,6 +55,15 @@ def main(output_dir):
         entry = model.bn_stats_bank.bank[f"w{width:.4f}_s1.0000".replace(".", "p")]
         saved[width] = {"mean": entry["conv.norm.running_mean"][:channels],
                         "var": entry["conv.norm.running_var"][:channels], "bn_inputs": bn_inputs}
+    # under bfloat16 autocast: statistics still in float32, the output in the input's dtype
+    norm = model.conv.norm
+    norm.reset_running_stats()
+    norm.momentum = None
+    bf16_input = saved[1.0]["bn_inputs"][0].to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = norm(bf16_input)
+    saved["amp"] = {"output_dtype": output.dtype, "bn_input": bf16_input.float(),
+                    "mean": norm.running_mean.clone(), "var": norm.running_var.clone()}
     torch.save(saved, os.path.join(output_dir, f"rank{rank}.pt"))
 
 

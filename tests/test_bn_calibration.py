@@ -98,6 +98,12 @@ def test_syncbn_calibration_in_two_processes_gives_global_cumulative_statistics(
         for rank in ranks:
             assert torch.allclose(rank[width]["mean"], mean, rtol=1e-4, atol=1e-4), width
             assert torch.allclose(rank[width]["var"], var, rtol=1e-4), width
+    # a bfloat16 input under autocast: float32 statistics of the (bfloat16-valued) pooled input
+    pooled = torch.cat([rank["amp"]["bn_input"] for rank in ranks])
+    for rank in ranks:
+        assert rank["amp"]["output_dtype"] == torch.bfloat16
+        assert torch.allclose(rank["amp"]["mean"], pooled.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-4)
+        assert torch.allclose(rank["amp"]["var"], pooled.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4)
 
 
 def test_calibration_images_have_the_evaluated_sizes():

@@ -5,8 +5,9 @@ antialiasing, as Detectron2's test-time resize (PIL bilinear in `ResizeTransform
 member trains on the images evaluation will show it at that size (without antialiasing the
 difference was 1.3-4.9 grey levels on average at scales 0.86-0.4). Boxes, polygons and image sizes
 follow with the same per-axis factors; bitmasks are downscaled by area (a pixel is set when at
-least half of it is covered), so a small object's mask survives with its box. Size divisibility is
-applied later by the model's own padding.
+least half of it is covered), so a small object's mask stays where its box is; an object covering
+less than half of every output pixel (about 1 pixel across at the new size) loses its mask but
+keeps its box. Size divisibility is applied later by the model's own padding.
 """
 import copy
 from typing import Dict, List

@@ -131,20 +131,23 @@ class SlimmableSyncBatchNorm(SlimmableBatchNorm2d):
     def forward(self, x):
         if comm.get_world_size() == 1 or not self.training:
             return super().forward(x)
+        input_dtype = x.dtype
+        x = x.float()  # statistics in float32 under AMP (float16 sums and counts overflow)
         channels = x.shape[1]
         count = x.numel() // channels
         local = torch.cat([x.sum(dim=[0, 2, 3]), (x * x).sum(dim=[0, 2, 3]),
                            x.new_full((1,), float(count))])
         total = differentiable_all_reduce(local)
         sum_, sumsqr, global_count = torch.split(total, [channels, channels, 1])
+        num_values = float(global_count)
         global_count = global_count.clamp(min=1)
         mean = sum_ / global_count
         var = (sumsqr / global_count - mean * mean).clamp(min=0)
         scale = self.weight[:channels] * torch.rsqrt(var + self.eps)
         shift = self.bias[:channels] - mean * scale
-        if self.track_running_stats:
-            self._update_running_stats(mean.detach(), var.detach(), float(global_count))
-        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+        if self.track_running_stats and num_values > 0:  # no values on any rank: nothing to learn
+            self._update_running_stats(mean.detach(), var.detach(), num_values)
+        return (x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)).to(input_dtype)
 
     @torch.no_grad()
     def _update_running_stats(self, mean, biased_var, count):
