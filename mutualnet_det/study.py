@@ -31,29 +31,32 @@ class StudyRun:
     seed: int = 1
 
 
-def study_plan(seeds=(1, 2), slimmable_heads: bool = False) -> List[StudyRun]:
-    """The runs, main methods first so that an interrupted study has the most important ones.
+def study_plan(seeds=(1, 2, 3), slimmable_heads: bool = False) -> List[StudyRun]:
+    """The runs, in pairs (two train at once) ordered so that an interrupted study has the most
+    important ones: MutualNet / US-Net seed 1, both with inplace distillation (seed 1, the seed's
+    soft-label mode: the Fig. 1 ablation), the other seeds, then the single-width baselines.
 
     slimmable_heads: also MutualNet with slimmable FPN outputs and heads (MUTUALNET.SLIMMABLE_HEADS),
-    one run per seed, its own curve in the table and plot."""
+    seeds 1 and 2, its own curve in the table and plot."""
     def method(name, group, method_name, distill, seed):
-        return StudyRun(name, group, ("MUTUALNET.TRAIN.METHOD", method_name,
-                                      "MUTUALNET.TRAIN.INPLACE_DISTILL", str(distill)), seed)
+        overrides = ("MUTUALNET.TRAIN.METHOD", method_name, "MUTUALNET.TRAIN.INPLACE_DISTILL", str(distill))
+        if distill:
+            overrides += ("MUTUALNET.TRAIN.DISTILL_MODE", "soft_labels")
+        return StudyRun(name, group, overrides, seed)
 
-    runs = []
-    for seed in seeds:
-        runs.append(method(f"mutualnet_seed{seed}", "MutualNet", "mutualnet", False, seed))
-        runs.append(method(f"usnet_seed{seed}", "US-Net", "usnet", False, seed))
+    def pair(seed):
+        return [method(f"mutualnet_seed{seed}", "MutualNet", "mutualnet", False, seed),
+                method(f"usnet_seed{seed}", "US-Net", "usnet", False, seed)]
+
+    runs = pair(seeds[0])
+    runs += [method("mutualnet_distill_seed1", "MutualNet + distill", "mutualnet", True, 1),
+             method("usnet_distill_seed1", "US-Net + distill", "usnet", True, 1)]
+    for seed in seeds[1:]:
+        runs += pair(seed)
     if slimmable_heads:
         runs += [StudyRun(f"mutualnet_slimheads_seed{seed}", "MutualNet, slimmable heads",
                           ("MUTUALNET.TRAIN.METHOD", "mutualnet", "MUTUALNET.SLIMMABLE_HEADS", "True"), seed)
-                 for seed in seeds]
-    runs.append(method("mutualnet_distill_seed1", "MutualNet + distill", "mutualnet", True, 1))
-    runs.append(method("usnet_distill_seed1", "US-Net + distill", "usnet", True, 1))
-    # diagnostic: MutualNet with gentler input scales (at 192 px, scale 0.4 leaves 77 px images in
-    # which the small objects are 4-10 px; COCO's 800 px at 0.4 still leaves 320 px)
-    runs.append(StudyRun("mutualnet_gentle_scales_seed1", "MutualNet, scales 1-0.7",
-                         ("MUTUALNET.TRAIN.METHOD", "mutualnet", "MUTUALNET.TRAIN.RESOLUTION_SCALES", "(1.0, 0.9, 0.8, 0.7)"), 1))
+                 for seed in (1, 2)]
     # independently trained single-width models: WIDTH_RANGE collapsed to the width, evaluated there
     for width in (1.0, 0.25):
         runs.append(StudyRun(f"single_w{width:g}_seed1", f"single width {width:g}",
@@ -67,46 +70,84 @@ def sweep_path(root: str, run: StudyRun) -> str:
 
 
 def train_and_sweep(run: StudyRun, root: str, threads: int = 0) -> float:
-    """Train one run (resuming if interrupted) and sweep it; returns seconds spent.
+    """Train one run (resuming if interrupted) and sweep it; returns its seconds over every
+    invocation (an interrupted one's time is kept in runs/<name>/seconds.json and added).
     Its output goes to runs/<name>/study.log; `threads` > 0 limits its CPU threads."""
-    start = time.perf_counter()
-    os.makedirs(os.path.join(root, "runs", run.name), exist_ok=True)
+    folder = os.path.join(root, "runs", run.name)
+    os.makedirs(folder, exist_ok=True)
+    seconds_path = os.path.join(folder, "seconds.json")
+    spent_before = json.load(open(seconds_path)) if os.path.isfile(seconds_path) else 0.0
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     command = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", STUDY_CONFIG,
-               "--resume", "OUTPUT_DIR", os.path.join(root, "runs", run.name), "SEED", str(run.seed),
+               "--resume", "OUTPUT_DIR", folder, "SEED", str(run.seed),
                "MUTUALNET.TRAIN.COHORT_SEED", str(run.seed), *run.overrides]
-    log_path = os.path.join(root, "runs", run.name, "study.log")
-    with open(log_path, "a") as log:
-        log.write(f"\n$ {' '.join(command)}\n")
-        log.flush()
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    log_path = os.path.join(folder, "study.log")
+    start = time.perf_counter()
+    try:
+        with open(log_path, "a") as log:
+            log.write(f"\n$ {' '.join(command)}\n")
+            log.flush()
+            result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    finally:
+        spent = spent_before + time.perf_counter() - start
+        with open(seconds_path, "w") as f:
+            json.dump(spent, f)
     if result.returncode != 0 or not os.path.isfile(sweep_path(root, run)):
         raise RuntimeError(f"study run {run.name} failed (exit {result.returncode}); see {log_path}")
-    return time.perf_counter() - start
+    return spent
 
 
-def run_study(root: str, runs: List[StudyRun], jobs: int = 1) -> Dict:
+def load_timings(path: str) -> Dict:
+    """timings.json: seconds per finished run, their sum, and the wall time of every invocation."""
+    timings = json.load(open(path)) if os.path.isfile(path) else {}
+    if timings and "runs" not in timings:  # the first study's format: {run name: seconds}
+        timings = {"runs": timings}
+    return {"runs": {}, "invocations": [], **timings}
+
+
+def commit_run(root: str, run: StudyRun, message: str) -> None:
+    """Commit a finished run's results (its folder, minus what .gitignore keeps out, e.g.
+    checkpoints) and timings.json, and nothing else that may be staged."""
+    root = os.path.abspath(root)
+    paths = [os.path.join(root, "runs", run.name), os.path.join(root, "timings.json")]
+    subprocess.run(["git", "add", "--", *paths], cwd=root, check=True)
+    subprocess.run(["git", "commit", "--quiet", "-m", message, "--", *paths], cwd=root, check=True)
+
+
+def run_study(root: str, runs: List[StudyRun], jobs: int = 1, commit: bool = False, train=None) -> Dict:
     """Train and sweep every run not done yet (`jobs` at a time, one thread each when > 1),
-    then summarize. Interrupted: run again, finished runs are skipped, others resume."""
+    then summarize. Interrupted: run again, finished runs are skipped, others resume.
+    commit: commit each run's results (git) as soon as it finishes.
+    train: (run, root, threads) -> seconds; `train_and_sweep` unless replaced (tests)."""
+    train = train or train_and_sweep
     os.makedirs(root, exist_ok=True)
     timings_path = os.path.join(root, "timings.json")
-    timings = json.load(open(timings_path)) if os.path.isfile(timings_path) else {}
+    timings = load_timings(timings_path)
     todo = [run for run in runs if not os.path.isfile(sweep_path(root, run))]
     for run in runs:
         if run not in todo:
             tqdm.write(f"{run.name}: done already")
+    started, invocation = time.perf_counter(), {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": []}
+    timings["invocations"].append(invocation)
     with tqdm(total=len(runs), initial=len(runs) - len(todo), desc="study runs") as progress, \
             ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(train_and_sweep, run, root, 1 if jobs > 1 else 0): run for run in todo}
+        futures = {pool.submit(train, run, root, 1 if jobs > 1 else 0): run for run in todo}
         for future in as_completed(futures):
             run = futures[future]
-            timings[run.name] = future.result()
-            tqdm.write(f"{run.name}: finished in {timings[run.name] / 60:.1f} min")
+            timings["runs"][run.name] = future.result()
+            invocation["runs"].append(run.name)
+            invocation["wall_seconds"] = time.perf_counter() - started
+            timings["total_run_seconds"] = sum(timings["runs"].values())
+            timings["total_wall_seconds"] = sum(i.get("wall_seconds", 0) for i in timings["invocations"])
+            minutes = timings["runs"][run.name] / 60
+            tqdm.write(f"{run.name}: finished in {minutes:.1f} min")
             progress.update(1)
             with open(timings_path, "w") as f:
                 json.dump(timings, f, indent=1)
+            if commit:
+                commit_run(root, run, f"Study: {run.name} finished ({minutes:.0f} min)")
     return summarize(root, runs)
 
 

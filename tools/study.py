@@ -6,6 +6,7 @@
     python tools/study.py --summarize-only # rebuild the table and plot from finished runs
     python tools/study.py --slimmable-heads # also MutualNet with slimmable heads (2 runs more)
     python tools/study.py --runs mutualnet_seed1 usnet_seed1 --output DIR  # a subset of the plan
+    python tools/study.py --commit         # commit each run's results (git) as it finishes
 """
 import argparse
 import os
@@ -23,6 +24,8 @@ def main():
                         help="also MutualNet with slimmable FPN outputs and heads (2 seeds), a curve of its own")
     parser.add_argument("--runs", nargs="+", metavar="NAME",
                         help="only these runs of the plan, in this order (e.g. mutualnet_seed1 usnet_seed1)")
+    parser.add_argument("--commit", action="store_true",
+                        help="commit each finished run's results and timings.json (git) as it completes")
     args = parser.parse_args()
     runs = study_plan(slimmable_heads=args.slimmable_heads)
     if args.runs:
@@ -31,7 +34,7 @@ def main():
         if unknown:
             parser.error(f"unknown run(s) {unknown}; the plan has {sorted(by_name)}")
         runs = [by_name[name] for name in args.runs]
-    summary = summarize(args.output, runs) if args.summarize_only else run_study(args.output, runs, args.jobs)
+    summary = summarize(args.output, runs) if args.summarize_only else run_study(args.output, runs, args.jobs, commit=args.commit)
     print(open(os.path.join(args.output, "table.md")).read())
     print(f"{len(summary)} method groups; results in {args.output}")
 
