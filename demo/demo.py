@@ -111,7 +111,8 @@ def read_frames(path):
 
 def run_adaptive(args, items):
     """One model under a latency budget: a PNG per image (a video per video) titled with the
-    configuration chosen and the time of each frame; a CSV log of every frame."""
+    configuration chosen (width, scale, torch threads) and the time of each frame; a CSV log of
+    every frame."""
     if args.compare_config or args.width is not None or args.widths:
         raise ValueError("--latency-budget chooses the width per frame: drop --compare-config, --width and --widths")
     slimmable = load_predictor(args.config_file, args.opts)
@@ -123,21 +124,22 @@ def run_adaptive(args, items):
     failures = 0
     with open(log_path, "w", newline="") as log:
         writer = csv.writer(log)
-        writer.writerow(["input", "frame", "width", "resolution_scale", "latency_ms", "switch_ms", "within_budget"])
+        writer.writerow(["input", "frame", "width", "resolution_scale", "threads", "latency_ms", "switch_ms", "within_budget"])
         for path, _ in tqdm(items, desc="adaptive"):
             video_out, stem = None, os.path.splitext(os.path.basename(path))[0]
             try:
                 for number, image in read_frames(path):
                     instances = predictor(image)["instances"].to("cpu")
                     frame = predictor.last
-                    title = (f"w {frame.width:g} s {frame.resolution_scale:g}  {frame.latency_ms:.0f}/"
+                    title = (f"w {frame.width:g} s {frame.resolution_scale:g} t {frame.threads}  {frame.latency_ms:.0f}/"
                              f"{args.latency_budget:g} ms{'  switched' if frame.switched else ''}")
                     drawn = prediction_panel(image[:, :, ::-1], instances, metadata, title, args.confidence_threshold).image
                     tqdm.write(f"{path} frame {number}: width {frame.width:g}, scale {frame.resolution_scale:g}, "
-                               f"{frame.latency_ms:.1f} ms ({'within' if frame.within_budget else 'over'} the budget)"
+                               f"{frame.threads} torch thread(s), {frame.latency_ms:.1f} ms "
+                               f"({'within' if frame.within_budget else 'over'} the budget)"
                                + (f", switched in {frame.switch_ms:.2f} ms" if frame.switched else ""))
-                    writer.writerow([path, number, frame.width, frame.resolution_scale, f"{frame.latency_ms:.3f}",
-                                     f"{frame.switch_ms:.3f}", int(frame.within_budget)])
+                    writer.writerow([path, number, frame.width, frame.resolution_scale, frame.threads,
+                                     f"{frame.latency_ms:.3f}", f"{frame.switch_ms:.3f}", int(frame.within_budget)])
                     if path.lower().endswith(VIDEO_EXTENSIONS):
                         if video_out is None:
                             video_out = cv2.VideoWriter(os.path.join(args.output, stem + "_adaptive.mp4"),

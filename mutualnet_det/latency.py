@@ -1,4 +1,5 @@
-"""The latency table: every (width, resolution scale) of a width sweep timed on this device.
+"""The latency table: every (width, resolution scale) of a width sweep timed on this device, at
+each torch thread count asked for.
 
 GFLOPs predict time poorly on small CPU models (the RoI heads cost the same at every width, and
 narrow convolutions run far from peak), so a runtime budget in milliseconds needs times measured
@@ -9,14 +10,27 @@ one image per call with `mutualnet_det.benchmark.time_call` (warm-up, then media
 calls; synchronised on CUDA). The table keeps the sweep's AP and GFLOPs beside the milliseconds,
 and the Pareto front by milliseconds, which `AdaptivePredictor` moves along.
 
+On a CPU the torch intra-op thread count is a runtime knob like width and scale: with all cores
+in use, another process busy on one of them slows every parallel region to the pace of the thread
+that shares its core, and fewer threads run faster. So the table can be profiled at several
+thread counts (`threads`): each configuration is timed at each count, and there is one front per
+count, which `AdaptivePredictor` switches between as other processes take cores.
+
 latency_table.json:
-    {"device", "device_name", "torch_threads", "load_average_at_start", "date", "setting" (which parts are slimmable),
-     "weights", "sweep", "num_images", "warmup", "repeats_per_image", "metric",
-     "switch": time_call statistics of one configuration switch (ms),
-     "configurations": sweep records + latency_ms (median), latency_iqr_ms, latency_min_ms,
-                       latency_max_ms, latency_calls,
-     "front": the configurations on the (latency_ms, metric) Pareto front, fastest first}
+    {"device", "device_name", "torch_threads" (the largest thread count profiled), "load_average_at_start",
+     "date", "setting" (which parts are slimmable), "weights", "sweep", "num_images", "warmup",
+     "repeats_per_image", "metric",
+     "switch": time_call statistics of one configuration switch (ms), at torch_threads,
+     "configurations": one per (width, scale, thread count): sweep records + threads (torch
+                       intra-op threads while timed), latency_ms (median), latency_iqr_ms,
+                       latency_min_ms, latency_max_ms, latency_calls,
+     "front": the configurations at torch_threads on the (latency_ms, metric) Pareto front, fastest first,
+     "fronts_by_threads": {"<thread count>": the front at that count, fastest first} for each count profiled}
+A table written before thread counts were profiled has no "threads" in its records and no
+"fronts_by_threads": its records count as timed at its torch_threads (`threads_of`,
+`fronts_by_threads`).
 """
+import contextlib
 import csv
 import datetime
 import itertools
@@ -48,6 +62,32 @@ Configuration = Tuple[float, float]  # (width, resolution scale)
 
 def configuration_of(record: Dict) -> Configuration:
     return float(record["width"]), float(record["resolution_scale"])
+
+
+def threads_of(record: Dict, table: Dict) -> int:
+    """The torch thread count a table record was timed at (for a table written before thread
+    counts were profiled: the table's torch_threads; for a hand-made one without either: torch's
+    current count)."""
+    return int(record.get("threads", table.get("torch_threads", torch.get_num_threads())))
+
+
+def fronts_by_threads(table: Dict) -> Dict[int, List[Dict]]:
+    """{thread count: the table's front at that count}, fewest threads first; one entry for a table
+    profiled at one thread count (or written before thread counts were profiled)."""
+    if "fronts_by_threads" not in table:
+        return {threads_of(table["front"][0], table): table["front"]}
+    return {int(threads): table["fronts_by_threads"][threads] for threads in sorted(table["fronts_by_threads"], key=int)}
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """torch's intra-op thread count set to `count` inside the block, restored after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def describe(configuration: Configuration) -> str:
@@ -120,71 +160,126 @@ def measure_switch(model: nn.Module, configurations: Sequence[Configuration], wa
     return timer(lambda: use_configuration(model, *next(cycle)), model_device(model), warmup, repeats)
 
 
+def _timed(cfg, model: nn.Module, record: Dict, images: Sequence[np.ndarray], warmup: int, repeats: int,
+           timer: Callable) -> Dict:
+    """A sweep record + its latency (ms) at torch's current thread count."""
+    width, scale = configuration_of(record)
+    use_configuration(model, width, scale)
+    inputs = itertools.cycle([scaled_test_input(image[:, :, ::-1] if cfg.INPUT.FORMAT == "RGB" else image, cfg, scale)
+                              for image in images])
+    stats = timer(lambda: model([next(inputs)]), model_device(model), warmup, repeats)
+    return {**record, "threads": torch.get_num_threads(), "latency_ms": stats["median_ms"],
+            "latency_iqr_ms": stats["iqr_ms"], "latency_min_ms": stats["min_ms"], "latency_max_ms": stats["max_ms"],
+            "latency_calls": stats["repeats"]}
+
+
 @torch.no_grad()
 def profile_latency(cfg, model: nn.Module, sweep: Sequence[Dict], images: Sequence[np.ndarray], *,
-                    warmup: int = 3, repeats_per_image: int = 1, metric=("bbox", "AP"),
-                    timer: Callable = time_call, progress: bool = True) -> Dict:
+                    threads: Sequence[int] = None, warmup: int = 3, repeats_per_image: int = 1,
+                    metric=("bbox", "AP"), timer: Callable = time_call, progress: bool = True) -> Dict:
     """Time every configuration of `sweep` on this device; returns the latency table (see module doc).
 
     images: validation images (HWC, BGR as DefaultPredictor takes them) at their original size;
     each timed call runs one of them, cycling, `repeats_per_image` times each after `warmup` calls.
+    threads: torch intra-op thread counts to time every configuration at (default: the current
+        count); torch's count is restored afterwards.
     timer: `time_call`'s signature (function, device, warmup, repeats) -> statistics in ms.
     """
     if not sweep:
         raise ValueError("the sweep is empty: no configuration to time")
     if not images:
         raise ValueError("no images to time the model on")
+    thread_counts = sorted(set(threads)) if threads else [torch.get_num_threads()]
+    if thread_counts[0] < 1:
+        raise ValueError(f"torch thread counts must be >= 1, got {list(threads)}")
     configurations = list(dict.fromkeys(configuration_of(r) for r in sweep))
     check_banked(model, configurations)
     model.eval()
     device = model_device(model)
+    load_average_at_start = os.getloadavg()  # 1, 5, 15 min: other work on the device while timing
     records = []
-    for record in tqdm(sweep, desc="timing configurations", disable=not progress):
-        width, scale = configuration_of(record)
-        use_configuration(model, width, scale)
-        inputs = itertools.cycle([scaled_test_input(image[:, :, ::-1] if cfg.INPUT.FORMAT == "RGB" else image, cfg, scale)
-                                  for image in images])
-        stats = timer(lambda: model([next(inputs)]), device, warmup, len(images) * repeats_per_image)
-        records.append({**record, "latency_ms": stats["median_ms"], "latency_iqr_ms": stats["iqr_ms"],
-                        "latency_min_ms": stats["min_ms"], "latency_max_ms": stats["max_ms"],
-                        "latency_calls": stats["repeats"]})
+    for count in thread_counts:
+        with torch_threads(count):
+            records += [_timed(cfg, model, record, images, warmup, len(images) * repeats_per_image, timer)
+                        for record in tqdm(sweep, desc=f"timing configurations at {count} thread(s)",
+                                           disable=not progress)]
+    with torch_threads(thread_counts[-1]):
+        switch = measure_switch(model, configurations, timer=timer)
+    fronts = {str(count): pareto_front([r for r in records if r["threads"] == count], metric, cost="latency_ms")
+              for count in thread_counts}
     return {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU x{os.cpu_count()}",
-        "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": os.getloadavg(),  # 1, 5, 15 min: other work on the device while timing
+        "torch_threads": thread_counts[-1],
+        "load_average_at_start": load_average_at_start,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "setting": slimmable_setting(model),
         "num_images": len(images), "warmup": warmup, "repeats_per_image": repeats_per_image,
         "metric": list(metric),
-        "switch": measure_switch(model, configurations, timer=timer),
+        "switch": switch,
         "configurations": records,
-        "front": pareto_front(records, metric, cost="latency_ms"),
+        "front": fronts[str(thread_counts[-1])],
+        "fronts_by_threads": fronts,
     }
 
 
-CSV_COLUMNS = ("width", "resolution_scale", "latency_ms", "latency_iqr_ms", "gflops", "gflops_backbone")
+CSV_COLUMNS = ("width", "resolution_scale", "threads", "latency_ms", "latency_iqr_ms", "gflops", "gflops_backbone")
+
+
+def _on_a_front(table: Dict) -> Callable[[Dict], bool]:
+    """Whether a record of table["configurations"] is on the front of its thread count."""
+    on_front = {configuration_of(r) + (threads,) for threads, front in fronts_by_threads(table).items() for r in front}
+    return lambda record: configuration_of(record) + (threads_of(record, table),) in on_front
 
 
 def write_latency_table(table: Dict, folder: str) -> str:
-    """Write latency_table.json and latency_table.csv (one row per configuration, `on_front` 0/1)."""
+    """Write latency_table.json and latency_table.csv (one row per configuration and thread count,
+    `on_front` 0/1: on the front of its thread count)."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "latency_table.json")
     with open(path, "w") as f:
         json.dump(table, f, indent=1)
     metric = tuple(table["metric"])
-    front = {configuration_of(r) for r in table["front"]}
+    on_front = _on_a_front(table)
     with open(os.path.join(folder, "latency_table.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(list(CSV_COLUMNS) + [f"{metric[0]}_{metric[1]}", "segm_AP", "on_front"])
         for r in table["configurations"]:
-            writer.writerow([r[c] for c in CSV_COLUMNS] + [metric_of(r, metric), r.get("segm", {}).get("AP"),
-                                                           int(configuration_of(r) in front)])
+            row = {**r, "threads": threads_of(r, table)}
+            writer.writerow([row[c] for c in CSV_COLUMNS] + [metric_of(r, metric), r.get("segm", {}).get("AP"),
+                                                             int(on_front(r))])
     return path
 
 
+def _table_problem(table: Dict) -> str:
+    """What makes a dict with the table keys not a latency table ("" when nothing)."""
+    if not table["front"]:
+        return "empty front"
+    fronts = table.get("fronts_by_threads")  # absent in a table written before thread counts were profiled
+    if fronts is not None and (not isinstance(fronts, dict) or not fronts
+                               or not all(str(k).isdigit() and int(k) >= 1 for k in fronts)):
+        return f"fronts_by_threads must map thread counts >= 1 to fronts, got {fronts!r:.80}"
+    fronts = fronts or {}
+    records = table["configurations"] + table["front"] + [r for front in fronts.values() for r in front]
+    incomplete = [r for r in records if "latency_ms" not in r]
+    if incomplete:
+        return f"{describe(configuration_of(incomplete[0]))} has no latency_ms"
+    for threads, front in fronts.items():
+        if not front:
+            return f"the front at {threads} threads is empty"
+        elsewhere = [r for r in front if threads_of(r, table) != int(threads)]
+        if elsewhere:
+            return (f"the front at {threads} threads holds {describe(configuration_of(elsewhere[0]))} "
+                    f"timed at {threads_of(elsewhere[0], table)} threads")
+    largest = max(fronts, key=int, default=None)
+    if largest is not None and [configuration_of(r) for r in fronts[largest]] != [configuration_of(r) for r in table["front"]]:
+        return f"its front is not fronts_by_threads[{largest!r}] (the front at the largest thread count)"
+    return ""
+
+
 def load_latency_table(path: str) -> Dict:
-    """Read a latency_table.json written by tools/profile_latency.py; ValueError when it is not one."""
+    """Read a latency_table.json written by tools/profile_latency.py (also one written before
+    thread counts were profiled); ValueError when it is not one."""
     try:
         with open(path) as f:
             table = json.load(f)
@@ -193,20 +288,21 @@ def load_latency_table(path: str) -> Dict:
     missing = [k for k in TABLE_KEYS if not isinstance(table, dict) or k not in table]
     if missing:
         raise ValueError(f"{path!r} is not a latency table: missing {missing} (write one with tools/profile_latency.py)")
-    incomplete = [configuration_of(r) for r in table["configurations"] + table["front"] if "latency_ms" not in r]
-    if not table["front"] or incomplete:
-        raise ValueError(f"{path!r} is not a latency table: "
-                         + (f"{describe(incomplete[0])} has no latency_ms" if incomplete else "empty front"))
+    problem = _table_problem(table)
+    if problem:
+        raise ValueError(f"{path!r} is not a latency table: {problem}")
     return table
 
 
 def format_latency_table(table: Dict) -> str:
+    """One row per configuration and thread count, by thread count then ms; `*` on the front of
+    its thread count."""
     from tabulate import tabulate
 
     metric = tuple(table["metric"])
-    front = {configuration_of(r) for r in table["front"]}
-    rows = [[r["width"], r["resolution_scale"], r["latency_ms"], r["latency_iqr_ms"], r["gflops"],
-             metric_of(r, metric), "*" if configuration_of(r) in front else ""]
-            for r in sorted(table["configurations"], key=lambda r: r["latency_ms"])]
-    return tabulate(rows, headers=["width", "scale", "ms (median)", "IQR ms", "GFLOPs", f"{metric[0]} {metric[1]}", "front"],
-                    floatfmt=".2f")
+    on_front = _on_a_front(table)
+    rows = [[r["width"], r["resolution_scale"], threads_of(r, table), r["latency_ms"], r["latency_iqr_ms"], r["gflops"],
+             metric_of(r, metric), "*" if on_front(r) else ""]
+            for r in sorted(table["configurations"], key=lambda r: (threads_of(r, table), r["latency_ms"]))]
+    return tabulate(rows, headers=["width", "scale", "threads", "ms (median)", "IQR ms", "GFLOPs",
+                                   f"{metric[0]} {metric[1]}", "front"], floatfmt=".2f")

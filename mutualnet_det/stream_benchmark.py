@@ -3,8 +3,10 @@
 `run_stream` feeds images to a predictor (AdaptivePredictor, with a budget or a fixed policy) and
 starts a `BackgroundLoad` (another process doing matrix multiplications) before a chosen frame;
 `summarize_stream` counts the frames within the budget and the mean metric (e.g. box AP, from the
-latency table) of the configurations used, over the whole stream and before / after the load.
+latency table) of the configurations used, over the whole stream and before / after the load, and
+the configurations and torch thread counts used.
 """
+import collections
 import multiprocessing
 import statistics
 from dataclasses import asdict
@@ -80,7 +82,7 @@ def _mean(values: Sequence[float]) -> float:
 def summarize_stream(frames: Sequence, budget_ms: float, load_from_frame: int) -> Dict:
     """Share of frames within the budget and mean metric of the configurations used: overall,
     before the load and with it; switches and their median cost; frames with the load until the
-    first one within the budget."""
+    first one within the budget; frames per torch thread count and per configuration."""
     parts = {"all": list(frames), "before_load": [f for f in frames if f.index < load_from_frame],
              "with_load": [f for f in frames if f.index >= load_from_frame]}
     summary = {"budget_ms": budget_ms, "frames": len(frames), "load_from_frame": load_from_frame}
@@ -94,11 +96,11 @@ def summarize_stream(frames: Sequence, budget_ms: float, load_from_frame: int) -
     summary["median_switch_ms"] = statistics.median([f.switch_ms for f in switches]) if switches else None
     first_within = next((i for i, f in enumerate(parts["with_load"]) if f.within_budget), None)
     summary["frames_with_load_before_first_within"] = first_within
-    counts = {}
-    for f in frames:
-        key = f"w{f.width:g}_s{f.resolution_scale:g}"
-        counts[key] = counts.get(key, 0) + 1
-    summary["configurations_used"] = counts
+    threads_used = collections.Counter(f.threads for f in frames)
+    summary["threads_used"] = dict(sorted(threads_used.items()))
+    # keys name the thread count only when it changed during the stream
+    summary["configurations_used"] = dict(collections.Counter(
+        f"w{f.width:g}_s{f.resolution_scale:g}" + (f"_t{f.threads}" if len(threads_used) > 1 else "") for f in frames))
     return summary
 
 

@@ -1,11 +1,17 @@
 """The budget policy and AdaptivePredictor, on simulated time (no real timing): convergence,
-steadiness, recovery after a slowdown and return when it ends, switches from the BN stats bank."""
+steadiness, recovery after a slowdown and return when it ends, switches from the BN stats bank;
+the torch thread count chosen from other processes' load (simulated), and that load's measure."""
+import itertools
+import os
+
 import numpy as np
 import pytest
 import torch
 from helpers import tiny_cfg
 
-from mutualnet_det.adaptive import AdaptivePredictor, BudgetPolicy, FixedPolicy
+from mutualnet_det.adaptive import (AdaptivePredictor, BudgetPolicy, FixedPolicy, ThreadChoice,
+                                    thread_adaptation_off_because)
+from mutualnet_det.contention import CpuContention
 from mutualnet_det.bn_calibration import bn_layers
 from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.stream_benchmark import summarize_stream
@@ -231,3 +237,180 @@ INPUT: {{MIN_SIZE_TEST: 64, MAX_SIZE_TEST: 64}}
     assert "frame 2: width 1, scale 1" in result.stdout + result.stderr
     video = cv2.VideoCapture(str(tmp_path / "out" / "clip_adaptive.mp4"))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+
+
+# --- thread counts: choosing from other processes' load, and the predictor following it ---
+
+def test_thread_choice_fits_the_free_cores_and_waits_for_agreeing_frames():
+    two_cores = ThreadChoice([2, 1], cores=2, current=2, frames_to_change=3)
+    # others' busy cores rounded half up; at least one core for us
+    assert [two_cores.fitting(busy) for busy in (0.0, 0.4, 0.5, 1.0, 1.7, 2.0)] == [2, 2, 1, 1, 1, 1]
+    four_cores = ThreadChoice([1, 2, 4], cores=4, current=4)
+    assert [four_cores.fitting(busy) for busy in (0.0, 0.6, 1.0, 2.0, 2.5, 4.0)] == [4, 2, 2, 2, 1, 1]
+    assert ThreadChoice([2, 4], cores=4, current=4).fitting(3.0) == 2  # none fits one core: the fewest profiled
+    # a change needs 3 consecutive readings choosing the same other count; a reading choosing the
+    # running count (or another one) starts the count again
+    readings = [1.0, 1.0, 0.0, 1.0, 1.0, 1.2, 1.0, 0.9]
+    assert [two_cores.observe(busy) for busy in readings] == [False, False, False, False, False, True, False, False]
+    assert two_cores.current == 1
+    with pytest.raises(ValueError, match="frames_to_change >= 1"):
+        ThreadChoice([1, 2], cores=2, current=2, frames_to_change=0)
+
+
+def test_budget_policy_moves_to_another_front_with_its_parameters():
+    policy = BudgetPolicy(FRONT, BUDGET, window=3, patience=4, headroom=0.9)
+    slower = [dict(r, latency_ms=r["latency_ms"] * 1.5) for r in FRONT]  # 30, 60, 90, 120, 150 ms
+    moved = policy.with_front(slower)
+    assert moved.current["latency_ms"] == 60.0  # the best under 75 ms at the table's times
+    assert (moved.budget_ms, moved.window, moved.patience, moved.headroom) == (BUDGET, 3, 4, 0.9)
+    # even the cheapest over the budget: starts there instead of refusing
+    assert policy.with_front([dict(r, latency_ms=r["latency_ms"] + 60) for r in FRONT]).current["latency_ms"] == 80.0
+
+
+def test_cpu_contention_counts_the_busy_time_of_other_processes_on_our_cpus(tmp_path):
+    ticks = os.sysconf("SC_CLK_TCK")
+    stat = tmp_path / "stat"
+
+    def write(cpu0, cpu1, cpu2):  # user nice system idle iowait irq softirq steal guest guest_nice
+        stat.write_text("cpu  0 0 0 0 0 0 0 0 0 0\n" + "".join(
+            f"cpu{n} {' '.join(map(str, fields))} 0 0\n" for n, fields in enumerate((cpu0, cpu1, cpu2))) + "intr 5 0\n")
+
+    process_s, wall_s = [10.0], [100.0]
+    write((100, 0, 50, 1000, 5, 0, 0, 0), (200, 0, 50, 1000, 5, 0, 0, 0), (0, 0, 0, 0, 0, 0, 0, 0))
+    contention = CpuContention(str(stat), cpus=[0, 1], process_time=lambda: process_s[0], clock=lambda: wall_s[0])
+    assert contention.cores == 2
+    # one second later: cpu0 +1.0 s busy (user, nice, system, irq, softirq, steal), cpu1 +0.5 s user,
+    # idle and iowait up, cpu2 (not ours) fully busy; this process used 0.4 s of CPU
+    write((100 + ticks // 2, ticks // 10, 50 + ticks // 10, 1500, 50, ticks // 10, ticks // 10, ticks // 10),
+          (200 + ticks // 2, 0, 50, 1500, 5, 0, 0, 0), (ticks, 0, 0, 0, 0, 0, 0, 0))
+    process_s[0], wall_s[0] = 10.4, 101.0
+    expected = (ticks // 2 + 5 * (ticks // 10) + ticks // 2) / ticks - 0.4
+    assert contention.others_busy_cores() == pytest.approx(expected)
+    # this process busier than the CPUs' count (tick rounding): no one else, not a negative count
+    process_s[0], wall_s[0] = 12.0, 102.0
+    assert contention.others_busy_cores() == 0.0
+    assert contention.others_busy_cores() == 0.0  # no time elapsed
+    with pytest.raises(ValueError, match="has 2 of the lines of CPUs"):
+        CpuContention(str(stat), cpus=[0, 1, 3])
+    # this machine: a reader exists (Linux) and reads a count within its cores
+    here = CpuContention.on_this_system()
+    assert here is not None and here.cores == len(os.sched_getaffinity(0))
+    assert 0.0 <= here.others_busy_cores() <= here.cores
+
+
+# idle times (ms) of the thread-aware front at 2 and at 1 torch thread(s)
+THREAD_MS = {2: {(0.25, 0.5): 20.0, (1.0, 0.5): 40.0, (1.0, 1.0): 60.0},
+             1: {(0.25, 0.5): 24.0, (1.0, 0.5): 45.0, (1.0, 1.0): 75.0}}
+CONTENDED_2_THREADS = 2.5  # another process busy on one of the 2 cores: 2 threads 2.5x slower, 1 thread not slowed
+THREAD_SWITCH_MS = 2.0  # simulated cost of torch.set_num_threads
+THREAD_BUDGET = 50.0
+
+
+def thread_table():
+    fronts = {str(threads): [{"width": w, "resolution_scale": s, "threads": threads, "latency_ms": ms, "gflops": 1.0,
+                              "bbox": {"AP": PREDICTOR_AP[(w, s)]}} for (w, s), ms in THREAD_MS[threads].items()]
+              for threads in (1, 2)}
+    return {"device": "cpu", "setting": "backbone-only", "metric": ["bbox", "AP"], "torch_threads": 2,
+            "configurations": fronts["1"] + fronts["2"], "front": fronts["2"], "fronts_by_threads": fronts}
+
+
+class SimulatedContention:
+    """Other processes' busy cores as the test sets them, on 2 cores."""
+    cores = 2
+
+    def __init__(self):
+        self.busy = 0.0
+
+    def others_busy_cores(self):
+        return self.busy
+
+
+@pytest.fixture
+def threaded(monkeypatch):
+    """A tiny model on a simulated clock that advances, per forward pass, by the table time of the
+    configuration at torch's current thread count, x 2.5 at 2 threads while another process is
+    busy; torch.set_num_threads advances it by THREAD_SWITCH_MS. torch's thread count restored after."""
+    cfg = tiny_cfg(**{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0, "TEST.DETECTIONS_PER_IMAGE": 4})
+    torch.manual_seed(0)
+    model = MutualNetTrainer.build_model(cfg).eval()
+    for configuration in THREAD_MS[2]:
+        model.bn_stats_bank.store(model, *configuration)
+    clock, state = SimulatedClock(), {"contended": False, "threads_seen": []}
+
+    def advance(module, args):
+        threads, scale = torch.get_num_threads(), args[0][0]["image"].shape[-1] / 64
+        slowdown = CONTENDED_2_THREADS if state["contended"] and threads == 2 else 1.0
+        clock.now += THREAD_MS[threads][(get_width(module), scale)] * slowdown / 1000
+        state["threads_seen"].append(threads)
+
+    model.register_forward_pre_hook(advance)
+    set_num_threads = torch.set_num_threads
+
+    def timed_set_num_threads(count):
+        clock.now += THREAD_SWITCH_MS / 1000
+        set_num_threads(count)
+
+    threads_before = torch.get_num_threads()
+    set_num_threads(2)
+    monkeypatch.setattr(torch, "set_num_threads", timed_set_num_threads)
+    yield cfg, model, clock, state
+    set_num_threads(threads_before)
+
+
+def test_predictor_moves_to_one_thread_under_contention_and_back_when_it_ends(threaded):
+    cfg, model, clock, state = threaded
+    contention = SimulatedContention()
+    predictor = AdaptivePredictor(cfg, model, thread_table(), THREAD_BUDGET, clock=clock, contention=contention,
+                                  thread_change_frames=3)
+    image = np.zeros((48, 80, 3), dtype=np.uint8)
+    # another process on one core from frame 10 to 59; its readings are noisy: single readings
+    # below 0.5 (choosing 2 threads again) never 3 in a row
+    noisy = itertools.cycle([1.0, 0.8, 0.3, 1.3, 1.1, 0.45, 0.9, 1.0])
+    readings = [0.0] * 10 + [1.0] * 3 + [next(noisy) for _ in range(47)] + [0.0] * 40
+    for index, busy in enumerate(readings):
+        contention.busy, state["contended"] = busy, 10 <= index < 60
+        predictor(image)
+        assert torch.get_num_threads() == predictor.last.threads
+    frames = predictor.frames
+    assert state["threads_seen"] == [f.threads for f in frames]  # each forward pass ran at the frame's count
+    assert [f.threads for f in frames] == [2] * 12 + [1] * 50 + [2] * 38
+    # at 2 threads the policy starts at width 1.0 / scale 0.5 (40 ms); the load makes it 100 ms for
+    # the k - 1 = 2 frames before the third reading agrees (fewer than the window needs to move
+    # down); at 1 thread the new policy starts at the best under 50 ms, width 1.0 / scale 0.5 (45 ms),
+    # and stays: the next one (75 ms) is never predicted within 0.85 x 50 ms
+    assert {(f.width, f.resolution_scale) for f in frames} == {(1.0, 0.5)}
+    assert [i for i, f in enumerate(frames) if not f.within_budget] == [10, 11]
+    assert [f.latency_ms for f in frames[9:14]] == pytest.approx([40.0, 100.0, 100.0, 45.0 + THREAD_SWITCH_MS, 45.0])
+    assert [i for i, f in enumerate(frames) if f.switched] == [12, 62]
+    # the switch cost includes the thread change
+    assert [frames[i].switch_ms for i in (12, 62)] == pytest.approx([THREAD_SWITCH_MS] * 2)
+    assert frames[62].latency_ms == pytest.approx(40.0 + THREAD_SWITCH_MS)
+    summary = summarize_stream(frames, THREAD_BUDGET, load_from_frame=10)
+    assert summary["threads_used"] == {1: 50, 2: 50}
+    assert summary["configurations_used"] == {"w1_s0.5_t2": 50, "w1_s0.5_t1": 50}
+    assert summary["with_load"]["within_budget"] == pytest.approx(88 / 90)
+
+
+def test_without_a_contention_reader_or_on_a_fixed_policy_threads_stay_as_the_records_say(threaded, monkeypatch):
+    cfg, model, clock, state = threaded
+    monkeypatch.setattr(CpuContention, "on_this_system", staticmethod(lambda: None))
+    table = thread_table()
+    no_reader = AdaptivePredictor(cfg, model, table, THREAD_BUDGET, clock=clock)
+    one_thread = next(r for r in table["configurations"] if r["threads"] == 1 and r["width"] == 1.0
+                      and r["resolution_scale"] == 1.0)
+    fixed = AdaptivePredictor(cfg, model, table, THREAD_BUDGET, clock=clock, contention=SimulatedContention(),
+                              policy=FixedPolicy(one_thread))
+    assert no_reader.thread_choice is None and fixed.thread_choice is None
+    state["contended"] = True
+    image = np.zeros((48, 80, 3), dtype=np.uint8)
+    for _ in range(3):
+        no_reader(image)
+    assert [f.threads for f in no_reader.frames] == [2, 2, 2]  # the front at the largest count, as profiled
+    fixed(image)
+    assert fixed.last.threads == 1 and torch.get_num_threads() == 1
+    policy = BudgetPolicy(table["front"], THREAD_BUDGET)
+    assert "runs on cuda" in thread_adaptation_off_because(torch.device("cuda"), policy, SimulatedContention())
+    assert "FixedPolicy does not move" in thread_adaptation_off_because(torch.device("cpu"), FixedPolicy(one_thread),
+                                                                       SimulatedContention())
+    assert "no readable /proc/stat" in thread_adaptation_off_because(torch.device("cpu"), policy, None)
+    assert thread_adaptation_off_because(torch.device("cpu"), policy, SimulatedContention()) == ""

@@ -14,8 +14,8 @@ from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.evaluation.query_table import best_config, pareto_front
 from mutualnet_det.flops import backbone_gflops
 from mutualnet_det.data.rescale import scaled_test_input
-from mutualnet_det.latency import (check_banked, check_sweep_matches_model, load_latency_table, profile_latency,
-                                   write_latency_table)
+from mutualnet_det.latency import (check_banked, check_sweep_matches_model, format_latency_table, fronts_by_threads,
+                                   load_latency_table, profile_latency, threads_of, write_latency_table)
 from mutualnet_det.width import get_width, set_width
 
 
@@ -92,35 +92,46 @@ def sweep_and_images(banked_model):
     return records, images
 
 
-def test_profile_times_every_configuration_at_its_input_size_and_writes_the_table(banked_model, sweep_and_images, tmp_path):
-    cfg, model = banked_model
-    sweep, images = sweep_and_images
-    calls = []
-
-    def simulated_timer(function, device, warmup, repeats):
+def simulated_timer(model, calls, milliseconds):
+    """A `time_call` stand-in: runs the function warmup + repeats times, records (warmup, repeats,
+    what each forward pass saw: width, input side, BN bank entry, torch threads) in `calls`, and
+    returns milliseconds(width, side, threads) for the configuration (0.5 ms for a switch)."""
+    def timer(function, device, warmup, repeats):
         seen = []
         hook = model.register_forward_pre_hook(
             lambda module, args: seen.append((get_width(module), max(args[0][0]["image"].shape[-2:]),
-                                              bn_layers(module)["backbone.bottom_up.stem.conv1.norm"].running_mean[0].item())))
+                                              bn_layers(module)["backbone.bottom_up.stem.conv1.norm"].running_mean[0].item(),
+                                              torch.get_num_threads())))
         try:
             for _ in range(warmup + repeats):
                 function()
         finally:
             hook.remove()
-        calls.append((warmup, repeats, seen))
+        calls.append((warmup, repeats, seen, torch.get_num_threads()))
         if not seen:  # the switch measurement: no forward pass
             return {"median_ms": 0.5, "iqr_ms": 0.1, "min_ms": 0.4, "max_ms": 0.7, "repeats": repeats}
         assert len(set(seen)) == 1, seen  # one configuration per timing
-        width, side, _ = seen[0]
-        ms = SIMULATED_MS[(width, side)]
+        width, side, _, threads = seen[0]
+        ms = milliseconds(width, side, threads)
         return {"median_ms": ms, "iqr_ms": ms / 10, "min_ms": ms - 1, "max_ms": ms + 2, "repeats": repeats}
 
-    table = profile_latency(cfg, model, sweep, images, warmup=2, repeats_per_image=3, timer=simulated_timer,
-                            progress=False)
+    return timer
+
+
+def test_profile_times_every_configuration_at_its_input_size_and_writes_the_table(banked_model, sweep_and_images, tmp_path):
+    cfg, model = banked_model
+    sweep, images = sweep_and_images
+    calls = []
+    simulated = simulated_timer(model, calls, lambda width, side, threads: SIMULATED_MS[(width, side)])
+    table = profile_latency(cfg, model, sweep, images, warmup=2, repeats_per_image=3, timer=simulated, progress=False)
     model_calls = [c for c in calls if c[2]]
     assert [(c[0], c[1], len(c[2])) for c in model_calls] == [(2, 6, 8)] * 4  # warm-up + images x repeats
     # inputs at the test resize (64, long side capped at 64) x scale; banked statistics loaded (entry number)
-    assert [c[2][0] for c in model_calls] == [(1.0, 64, 0.0), (1.0, 32, 1.0), (0.25, 64, 2.0), (0.25, 32, 3.0)]
+    assert [c[2][0][:3] for c in model_calls] == [(1.0, 64, 0.0), (1.0, 32, 1.0), (0.25, 64, 2.0), (0.25, 32, 3.0)]
+    # without `threads`: one thread count, the current one
+    threads = torch.get_num_threads()
+    assert {r["threads"] for r in table["configurations"]} == {threads} and table["torch_threads"] == threads
+    assert table["fronts_by_threads"] == {str(threads): table["front"]}
     assert table["switch"]["median_ms"] == 0.5
     assert [(r["width"], r["resolution_scale"], r["latency_ms"]) for r in table["configurations"]] == \
         [(1.0, 1.0, 100.0), (1.0, 0.5, 40.0), (0.25, 1.0, 70.0), (0.25, 0.5, 35.0)]
@@ -137,6 +148,79 @@ def test_profile_times_every_configuration_at_its_input_size_and_writes_the_tabl
             for r in rows] == [(1.0, 1.0, 100.0, 30.0, "1"), (1.0, 0.5, 40.0, 22.0, "1"),
                                (0.25, 1.0, 70.0, 20.0, "0"), (0.25, 0.5, 35.0, 12.0, "1")]
     assert best_config(load_latency_table(path)["configurations"], max_ms=69)["resolution_scale"] == 0.5
+
+
+# simulated milliseconds at 1 torch thread: narrow is relatively cheaper, so the front differs from
+# the one at 2 threads (SIMULATED_MS)
+ONE_THREAD_MS = {(1.0, 64): 150.0, (1.0, 32): 90.0, (0.25, 64): 55.0, (0.25, 32): 30.0}
+
+
+@pytest.fixture
+def restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_profile_at_two_thread_counts_keeps_a_front_per_count(banked_model, sweep_and_images, tmp_path,
+                                                              restore_torch_threads):
+    cfg, model = banked_model
+    sweep, images = sweep_and_images
+    calls = []
+    ms_by_threads = {1: ONE_THREAD_MS, 2: SIMULATED_MS}
+    simulated = simulated_timer(model, calls, lambda width, side, threads: ms_by_threads[threads][(width, side)])
+    torch.set_num_threads(3)
+    table = profile_latency(cfg, model, sweep, images, threads=[2, 1, 2], warmup=1, timer=simulated, progress=False)
+    assert torch.get_num_threads() == 3  # restored
+    # every configuration at 1 thread, then at 2; the switch timed at the largest count
+    assert [(c[2][0][0], c[2][0][1], c[2][0][3]) if c[2] else ("switch", c[3]) for c in calls] == \
+        [(1.0, 64, 1), (1.0, 32, 1), (0.25, 64, 1), (0.25, 32, 1), (1.0, 64, 2), (1.0, 32, 2), (0.25, 64, 2), (0.25, 32, 2),
+         ("switch", 2)]
+    assert [(r["width"], r["resolution_scale"], r["threads"], r["latency_ms"]) for r in table["configurations"]] == \
+        [(1.0, 1.0, 1, 150.0), (1.0, 0.5, 1, 90.0), (0.25, 1.0, 1, 55.0), (0.25, 0.5, 1, 30.0),
+         (1.0, 1.0, 2, 100.0), (1.0, 0.5, 2, 40.0), (0.25, 1.0, 2, 70.0), (0.25, 0.5, 2, 35.0)]
+    # by hand, fastest first: at 1 thread 30/12, 55/20, 90/22, 150/30 all kept; at 2 threads 35/12,
+    # 40/22, 100/30 kept (70/20 dominated by 40/22)
+    fronts = {threads: [(r["width"], r["resolution_scale"], r["threads"]) for r in front]
+              for threads, front in table["fronts_by_threads"].items()}
+    assert fronts == {"1": [(0.25, 0.5, 1), (0.25, 1.0, 1), (1.0, 0.5, 1), (1.0, 1.0, 1)],
+                      "2": [(0.25, 0.5, 2), (1.0, 0.5, 2), (1.0, 1.0, 2)]}
+    assert table["torch_threads"] == 2 and table["front"] == table["fronts_by_threads"]["2"]
+    assert best_config(table["front"], max_ms=69)["latency_ms"] == 40.0  # queries on the front as before
+
+    path = write_latency_table(table, str(tmp_path))
+    loaded = load_latency_table(path)
+    assert loaded == json.loads(json.dumps(table))
+    assert {threads: len(front) for threads, front in fronts_by_threads(loaded).items()} == {1: 4, 2: 3}
+    rows = list(csv.DictReader(open(tmp_path / "latency_table.csv")))
+    # on_front: on the front of its own thread count (width 0.25 / scale 1.0 is at 1 thread, not at 2)
+    assert [(float(r["width"]), float(r["resolution_scale"]), int(r["threads"]), r["on_front"]) for r in rows] == \
+        [(1.0, 1.0, 1, "1"), (1.0, 0.5, 1, "1"), (0.25, 1.0, 1, "1"), (0.25, 0.5, 1, "1"),
+         (1.0, 1.0, 2, "1"), (1.0, 0.5, 2, "1"), (0.25, 1.0, 2, "0"), (0.25, 0.5, 2, "1")]
+    text = format_latency_table(loaded).splitlines()
+    assert text[0].split() == ["width", "scale", "threads", "ms", "(median)", "IQR", "ms", "GFLOPs", "bbox", "AP", "front"]
+    # one row per configuration and thread count, by thread count then ms
+    assert [(float(line.split()[2]), float(line.split()[3])) for line in text[2:]] == \
+        [(1, 30), (1, 55), (1, 90), (1, 150), (2, 35), (2, 40), (2, 70), (2, 100)]
+    assert [line.rstrip().endswith("*") for line in text[2:]] == [True] * 6 + [False, True]
+    with pytest.raises(ValueError, match=r"torch thread counts must be >= 1, got \[0, 1\]"):
+        profile_latency(cfg, model, sweep, images, threads=[0, 1], timer=simulated, progress=False)
+
+
+def test_a_table_written_before_thread_counts_were_profiled_still_loads(tmp_path):
+    front = [dict(r, latency_iqr_ms=1.0) for r in pareto_front(HAND_TABLE, cost="latency_ms")]
+    old = {"device": "cpu", "torch_threads": 2, "setting": "backbone-only", "metric": ["bbox", "AP"],
+           "configurations": [dict(r, latency_iqr_ms=1.0) for r in HAND_TABLE], "front": front}
+    (tmp_path / "latency_table.json").write_text(json.dumps(old))
+    table = load_latency_table(str(tmp_path / "latency_table.json"))
+    # its records count as timed at its torch_threads
+    assert fronts_by_threads(table) == {2: front}
+    assert {threads_of(r, table) for r in table["configurations"]} == {2}
+    write_latency_table(dict(table, configurations=[dict(r, gflops_backbone=1.0) for r in table["configurations"]]),
+                        str(tmp_path / "rewritten"))
+    rows = list(csv.DictReader(open(tmp_path / "rewritten" / "latency_table.csv")))
+    assert {r["threads"] for r in rows} == {"2"} and sum(r["on_front"] == "1" for r in rows) == 2
+    assert "*" in format_latency_table(table)
 
 
 def test_sweep_of_another_model_or_unbanked_configuration_is_refused(banked_model, sweep_and_images):
@@ -159,3 +243,14 @@ def test_bad_table_files(tmp_path):
     sweep_file.write_text(json.dumps([record(1.0, 1.0, 7.0, 1.0, 3.0)]))
     with pytest.raises(ValueError, match="is not a latency table: missing"):
         load_latency_table(str(sweep_file))
+    front = [dict(r, threads=t) for r, t in zip(pareto_front(HAND_TABLE, cost="latency_ms"), (2, 2))]
+    table = {"device": "cpu", "torch_threads": 2, "setting": "backbone-only", "metric": ["bbox", "AP"],
+             "configurations": front, "front": front}
+    for fronts, message in [({"0": front}, "must map thread counts >= 1 to fronts"),
+                            ({"1": front, "2": front}, "the front at 1 threads holds width 1, scale 0.6 timed at 2 threads"),
+                            ({"2": front[:1]}, r"its front is not fronts_by_threads\['2'\]"),
+                            ({"1": [], "2": front}, "the front at 1 threads is empty")]:
+        table_file = tmp_path / "latency_table.json"
+        table_file.write_text(json.dumps(dict(table, fronts_by_threads=fronts)))
+        with pytest.raises(ValueError, match=message):
+            load_latency_table(str(table_file))

@@ -2,13 +2,15 @@
 """A stream of validation images under a latency budget, with a background CPU load (another
 process multiplying matrices) started halfway: share of frames within the budget and mean AP of
 the configurations used, for AdaptivePredictor and for the fixed full configuration (width 1.0,
-scale 1.0). Writes adaptive_stream_<device>_<date>.{json,md} to benchmarks/results/.
+scale 1.0, at the largest thread count of the table: the usual deployment). With a table profiled
+at several torch thread counts (profile_latency.py --threads 1 2) the adaptive predictor also picks
+the thread count. Writes adaptive_stream_<device>_<date>.{json,md} to benchmarks/results/.
 
-    python tools/profile_latency.py --config-file configs/Shapes/mutualnet_mask_rcnn_R_18_FPN.yaml
+    python tools/profile_latency.py --config-file configs/Shapes/mutualnet_mask_rcnn_R_18_FPN.yaml --threads 1 2
     python tools/adaptive_stream_benchmark.py --config-file configs/Shapes/mutualnet_mask_rcnn_R_18_FPN.yaml
 Defaults: the latency table beside the sweep (<OUTPUT_DIR>/inference/<DATASETS.TEST[0]>/
-latency_table.json); budget 1.2 x the table's time of width 1.0 / scale 1.0 (a budget sized for the
-full model on an idle device, with 20% headroom).
+latency_table.json); budget 1.2 x the table's time of width 1.0 / scale 1.0 at its largest thread
+count (a budget sized for the full model on an idle device, with 20% headroom).
 """
 import argparse
 import datetime
@@ -25,7 +27,8 @@ from profile_latency import default_sweep, load_trained  # noqa: E402
 
 from mutualnet_det.adaptive import AdaptivePredictor, FixedPolicy  # noqa: E402
 from mutualnet_det.checkpoint import CheckpointError  # noqa: E402
-from mutualnet_det.latency import configuration_of, load_latency_table, validation_images  # noqa: E402
+from mutualnet_det.latency import (configuration_of, fronts_by_threads, load_latency_table, threads_of,  # noqa: E402
+                                   validation_images)
 from mutualnet_det.stream_benchmark import BackgroundLoad, frame_rows, run_stream, summarize_stream  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,24 +49,35 @@ def get_parser():
     return parser
 
 
+def full_configuration(table, threads):
+    """The table's width 1.0 / scale 1.0 record at `threads` torch threads, or None."""
+    return next((r for r in table["configurations"] if configuration_of(r) == FULL and threads_of(r, table) == threads),
+                None)
+
+
+def _counts(counts):
+    return ", ".join(f"{key}: {count}" for key, count in counts.items())
+
+
 def markdown(report):
     lines = [f"# Adaptive stream {report['date']} on {report['device_name']} ({report['setting']} slimmable model)", "",
-             f"{report['frames']} validation images (cycled); budget {report['budget_ms']:.1f} ms per frame; from frame "
+             f"{report['frames']} validation images (cycled); latency table profiled at torch thread count(s) "
+             f"{', '.join(map(str, report['table_threads']))}; budget {report['budget_ms']:.1f} ms per frame; from frame "
              f"{report['load_from_frame']} another process multiplies {report['load_size']}x{report['load_size']} "
              f"matrices on {report['load_threads']} thread(s). AP: the {'.'.join(report['metric'])} of the configuration "
              "used, from the latency table (the sweep's value), averaged over frames. Load average (1, 5, 15 min) "
              f"when each stream started: "
              + ", ".join(f"{name} {' / '.join(f'{x:.2f}' for x in load)}" for name, load in report["load_average_at_start"].items())
              + ".", "",
-             "| predictor | within budget (all) | before load | with load | mean AP (all) | before load | with load | median ms with load | switches |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| predictor | within budget (all) | before load | with load | mean AP (all) | before load | with load | median ms with load | switches | frames per thread count |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in report["summaries"].items():
         lines.append(f"| {name} | {s['all']['within_budget']:.1%} | {s['before_load']['within_budget']:.1%} | "
                      f"{s['with_load']['within_budget']:.1%} | {s['all']['mean_metric']:.2f} | "
                      f"{s['before_load']['mean_metric']:.2f} | {s['with_load']['mean_metric']:.2f} | "
-                     f"{s['with_load']['median_ms']:.1f} | {s['switches']} |")
+                     f"{s['with_load']['median_ms']:.1f} | {s['switches']} | {_counts(s['threads_used'])} |")
     adaptive = report["summaries"]["adaptive"]
-    lines += ["", f"Configurations used by the adaptive predictor: {adaptive['configurations_used']}; median switch "
+    lines += ["", f"Configurations used by the adaptive predictor: {_counts(adaptive['configurations_used'])}; median switch "
               f"{adaptive['median_switch_ms'] if adaptive['median_switch_ms'] is None else round(adaptive['median_switch_ms'], 2)} ms; "
               f"frames with the load before its first frame within the budget: {adaptive['frames_with_load_before_first_within']}.",
               "", "Target: >= 90% of frames within the budget for the adaptive predictor where the fixed one keeps < 50%: "
@@ -79,21 +93,25 @@ def main(argv=None):
     cfg, model = load_trained(args.config_file, args.opts, args.weights)
     table_path = args.table or os.path.join(os.path.dirname(default_sweep(cfg)), "latency_table.json")
     table = load_latency_table(table_path)
-    full = next((r for r in table["configurations"] if configuration_of(r) == FULL), None)
+    table_threads = list(fronts_by_threads(table))
+    full = full_configuration(table, table_threads[-1])
     if full is None:
-        raise ValueError(f"the latency table {table_path!r} has no width 1.0 / scale 1.0 configuration to compare with")
+        raise ValueError(f"the latency table {table_path!r} has no width 1.0 / scale 1.0 configuration at "
+                         f"{table_threads[-1]} threads to compare with")
     budget_ms = args.budget_ms or round(1.2 * full["latency_ms"], 1)
     images = validation_images(cfg)
     stream = list(itertools.islice(itertools.cycle(images), args.frames))
     load_from_frame = args.frames // 2
-    warm_up = AdaptivePredictor(cfg, model, table, budget_ms, policy=FixedPolicy(full))
-    for image in images[:5]:  # untimed
-        warm_up(image)
+    for threads in table_threads:  # untimed, at every thread count the streams may use
+        warm_up = AdaptivePredictor(cfg, model, table, budget_ms, policy=FixedPolicy(full_configuration(table, threads) or full))
+        for image in images[:5]:
+            warm_up(image)
     runs = {"adaptive": AdaptivePredictor(cfg, model, table, budget_ms),
             "fixed_w1.0_s1.0": AdaptivePredictor(cfg, model, table, budget_ms, policy=FixedPolicy(full))}
     report = {"date": datetime.date.today().isoformat(), "device_name": table["device_name"], "setting": table["setting"],
               "table": os.path.abspath(table_path), "weights": os.path.abspath(cfg.MODEL.WEIGHTS),
-              "metric": table["metric"], "budget_ms": budget_ms, "frames": args.frames, "load_from_frame": load_from_frame,
+              "metric": table["metric"], "table_threads": table_threads, "budget_ms": budget_ms, "frames": args.frames,
+              "load_from_frame": load_from_frame,
               "load_threads": args.load_threads, "load_size": args.load_size, "summaries": {}, "per_frame": {},
               "load_average_at_start": {}}
     for name, predictor in runs.items():

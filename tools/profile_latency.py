@@ -4,7 +4,10 @@ table (latency_table.json / .csv: AP, GFLOPs, median and IQR milliseconds, front
 
     python tools/profile_latency.py --config-file configs/Shapes/mutualnet_mask_rcnn_R_18_FPN.yaml
     python tools/profile_latency.py --config-file X --weights W.pth --sweep S/width_sweep.json --num-images 20
-Defaults: weights MODEL.WEIGHTS or <OUTPUT_DIR>/model_final.pth; sweep
+    python tools/profile_latency.py --config-file X --threads 1 2
+--threads times every configuration at each torch thread count (one front per count: on a CPU,
+AdaptivePredictor then also picks the thread count from other processes' load); default: torch's
+current count only. Defaults: weights MODEL.WEIGHTS or <OUTPUT_DIR>/model_final.pth; sweep
 <OUTPUT_DIR>/inference/<DATASETS.TEST[0]>/width_sweep.json; output beside the sweep. Trailing
 KEY VALUE pairs override the config (e.g. MODEL.DEVICE cuda).
 """
@@ -53,6 +56,8 @@ def get_parser():
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per configuration")
     parser.add_argument("--repeats-per-image", type=int, default=1)
     parser.add_argument("--metric", default="bbox.AP", help="task.metric the front maximises")
+    parser.add_argument("--threads", type=int, nargs="+", metavar="N",
+                        help="torch thread counts to time every configuration at (default: the current count)")
     parser.add_argument("-o", "--output", help="output folder (default: beside the sweep)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return parser
@@ -63,6 +68,8 @@ def main(argv=None):
     setup_logger(name="mutualnet_det")
     if args.num_images < 1 or args.warmup < 0 or args.repeats_per_image < 1:
         raise ValueError("need --num-images >= 1, --warmup >= 0 and --repeats-per-image >= 1")
+    if args.threads and min(args.threads) < 1:
+        raise ValueError(f"--threads {' '.join(map(str, args.threads))}: thread counts must be >= 1")
     cfg, model = load_trained(args.config_file, args.opts, args.weights)
     sweep_path = args.sweep or default_sweep(cfg)
     sweep = load_sweep(sweep_path)
@@ -71,13 +78,14 @@ def main(argv=None):
         raise ValueError(f"--metric {args.metric!r} is not in the sweep; use task.metric, e.g. bbox.AP or segm.AP")
     images = validation_images(cfg, args.num_images)
     check_sweep_matches_model(cfg, model, sweep, images)
-    table = profile_latency(cfg, model, sweep, images, warmup=args.warmup,
+    table = profile_latency(cfg, model, sweep, images, threads=args.threads, warmup=args.warmup,
                             repeats_per_image=args.repeats_per_image, metric=metric)
     table.update(weights=os.path.abspath(cfg.MODEL.WEIGHTS), sweep=os.path.abspath(sweep_path))
     path = write_latency_table(table, args.output or os.path.dirname(os.path.abspath(sweep_path)))
     print(format_latency_table(table))
-    print(f"{table['setting']} slimmable model on {table['device_name']} ({table['torch_threads']} torch threads); "
-          f"one switch (width + banked BN statistics): {table['switch']['median_ms']:.2f} ms median")
+    print(f"{table['setting']} slimmable model on {table['device_name']} (torch threads "
+          f"{', '.join(table['fronts_by_threads'])}); one switch (width + banked BN statistics) at "
+          f"{table['torch_threads']} threads: {table['switch']['median_ms']:.2f} ms median")
     print(f"written to {path} (and .csv)")
     return 0
 
