@@ -3,9 +3,10 @@
 `AdaptivePredictor` is used like Detectron2's `DefaultPredictor` (one BGR image in, the model's
 outputs in original image coordinates out). Before each image it runs the configuration its
 policy chose; it times the whole call (switch, resize, model; synchronised on CUDA) and tells the
-policy. A switch sets the width and loads the banked BN statistics of that (width, scale), and sets
-torch's thread count when the configuration was timed at another: no weights are reloaded and
-nothing is calibrated, so a switch costs about one BN state copy.
+policy. A switch sets the width and loads the banked BN statistics of that (width, scale), and on
+the CPU sets torch's thread count when the configuration was timed at another: no weights are
+reloaded and nothing is calibrated, so a switch costs about one BN state copy (the thread pool's
+resize happens in the model's first parallel region and is counted in the frame's time).
 
 `BudgetPolicy` decides from the measured times alone. Its one estimate is the device's current
 load: measured ms / the table's ms for the running configuration (1 when the device is as idle as
@@ -246,6 +247,7 @@ class AdaptivePredictor:
             raise ValueError(f"the latency table was measured with a {latency_table['setting']} slimmable model, "
                              f"this model is {setting}: profile it again (tools/profile_latency.py)")
         device = model_device(model)
+        self.on_cpu = device.type == "cpu"  # elsewhere torch's CPU thread count is left alone
         if latency_table["device"] != str(device):
             logger.warning(f"latency table measured on {latency_table['device']}, model runs on {device}: "
                            "its times may not hold; profile on this device")
@@ -299,8 +301,8 @@ class AdaptivePredictor:
         switch_ms, switched = 0.0, self.running is not None and self.running != (width, scale, threads)
         if self.running != (width, scale, threads):
             switch_started_ms = self.stopwatch.elapsed_ms()
-            if torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)
+            if self.on_cpu and torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)  # the pool resizes in the next parallel region: model time
             use_configuration(self.model, width, scale)  # banked statistics only (checked at start)
             switch_ms = self.stopwatch.elapsed_ms() - switch_started_ms
             if switched:

@@ -196,6 +196,9 @@ def profile_latency(cfg, model: nn.Module, sweep: Sequence[Dict], images: Sequen
     check_banked(model, configurations)
     model.eval()
     device = model_device(model)
+    if len(thread_counts) > 1 and device.type != "cpu":
+        raise ValueError(f"torch thread counts {thread_counts} asked for a model on {device.type}: the CPU thread "
+                         "count does not set its speed there; profile without --threads")
     load_average_at_start = os.getloadavg()  # 1, 5, 15 min: other work on the device while timing
     records = []
     for count in thread_counts:

@@ -70,6 +70,10 @@ def main(argv=None):
         raise ValueError("need --num-images >= 1, --warmup >= 0 and --repeats-per-image >= 1")
     if args.threads and min(args.threads) < 1:
         raise ValueError(f"--threads {' '.join(map(str, args.threads))}: thread counts must be >= 1")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if args.threads and max(args.threads) > cores:
+        raise ValueError(f"--threads {' '.join(map(str, args.threads))}: this process may run on {cores} core(s); "
+                         "more threads than cores are never chosen at run time")
     cfg, model = load_trained(args.config_file, args.opts, args.weights)
     sweep_path = args.sweep or default_sweep(cfg)
     sweep = load_sweep(sweep_path)
