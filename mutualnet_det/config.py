@@ -6,6 +6,7 @@ from detectron2.config import CfgNode as CN
 from .width import DEFAULT_WIDTH_RANGE, validate_width, validate_width_range
 
 TRAIN_METHODS = ("mutualnet", "usnet", "single")
+OPTIMIZERS = ("SGD", "AdamW")
 DISTILL_MODES = ("soft_labels", "add")
 PAPER_RESOLUTION_SCALES = (1.0, 192 / 224, 160 / 224, 128 / 224)
 
@@ -28,6 +29,9 @@ def add_mutualnet_config(cfg):
     _C.MUTUALNET.TRAIN.METHOD = "mutualnet"
     # Random widths per iteration besides the widest and the narrowest (sandwich rule).
     _C.MUTUALNET.TRAIN.NUM_RANDOM_WIDTHS = 2
+    # "SGD": Detectron2's (SOLVER.MOMENTUM, NESTEROV); "AdamW": the same parameter groups, lr and
+    # weight decay from SOLVER (decoupled), for short from-scratch schedules that SGD is slow in.
+    _C.MUTUALNET.TRAIN.OPTIMIZER = "SGD"
     # Input scale factors (of the training resize) the non-widest MutualNet members draw from.
     # The paper's and official code's resolutions 224, 192, 160, 128 of 224.
     _C.MUTUALNET.TRAIN.RESOLUTION_SCALES = PAPER_RESOLUTION_SCALES
@@ -87,6 +91,8 @@ def validate_mutualnet_config(cfg):
     train = node.TRAIN
     if train.METHOD not in TRAIN_METHODS:
         raise ValueError(f"MUTUALNET.TRAIN.METHOD={train.METHOD!r} is unknown; accepted: {TRAIN_METHODS}")
+    if train.OPTIMIZER not in OPTIMIZERS:
+        raise ValueError(f"MUTUALNET.TRAIN.OPTIMIZER={train.OPTIMIZER!r} is unknown; accepted: {OPTIMIZERS}")
     if train.NUM_RANDOM_WIDTHS < 0:
         raise ValueError(f"MUTUALNET.TRAIN.NUM_RANDOM_WIDTHS={train.NUM_RANDOM_WIDTHS} must be >= 0")
     _check_scales("MUTUALNET.TRAIN.RESOLUTION_SCALES", train.RESOLUTION_SCALES)

@@ -6,7 +6,9 @@ import sys
 import weakref
 
 from detectron2.checkpoint import DetectionCheckpointer
+import torch
 from detectron2.engine import DefaultTrainer, HookBase, TrainerBase, create_ddp_model, hooks
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 
 from ..bn_calibration import calibrate_bn, calibration_batches
@@ -103,6 +105,18 @@ class MutualNetTrainer(DefaultTrainer):
                         len(hook_list))
         hook_list.insert(position, calibration)  # the final checkpoint then holds the bank
         return hook_list + [CheckpointOnInterrupt()]
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """Detectron2's SGD, or AdamW over the same parameter groups (MUTUALNET.TRAIN.OPTIMIZER)."""
+        if cfg.MUTUALNET.TRAIN.OPTIMIZER == "SGD":
+            return super().build_optimizer(cfg, model)
+        solver = cfg.SOLVER
+        params = get_default_optimizer_params(model, base_lr=solver.BASE_LR, weight_decay_norm=solver.WEIGHT_DECAY_NORM,
+                                              bias_lr_factor=solver.BIAS_LR_FACTOR,
+                                              weight_decay_bias=solver.WEIGHT_DECAY_BIAS)
+        return maybe_add_gradient_clipping(cfg, torch.optim.AdamW)(params, lr=solver.BASE_LR,
+                                                                   weight_decay=solver.WEIGHT_DECAY)
 
     @classmethod
     def build_model(cls, cfg):

@@ -63,3 +63,26 @@ def test_two_process_gloo_training(tmp_path):
     # each rank saw different images; identical parameters after 3 steps mean gradients were all-reduced
     for name, value in rank0["params"].items():
         assert torch.allclose(value, rank1["params"][name], atol=1e-6), name
+
+
+def test_adamw_has_detectron2s_parameter_groups_and_an_unknown_optimizer_is_refused():
+    from detectron2.solver import build_optimizer
+
+    from mutualnet_det.config import validate_mutualnet_config
+
+    cfg = tiny_cfg(**{"MUTUALNET.TRAIN.OPTIMIZER": "AdamW", "SOLVER.BASE_LR": 3e-4, "SOLVER.WEIGHT_DECAY": 0.05})
+    torch.manual_seed(0)
+    model = MutualNetTrainer.build_model(cfg)
+    adamw, sgd = MutualNetTrainer.build_optimizer(cfg, model), build_optimizer(cfg, model)
+    assert isinstance(adamw, torch.optim.AdamW) and isinstance(sgd, torch.optim.SGD)
+
+    def groups(optimizer):
+        return sorted((g["lr"], g["weight_decay"], tuple(sorted(id(p) for p in g["params"])))
+                      for g in optimizer.param_groups)
+
+    assert groups(adamw) == groups(sgd)  # Detectron2's groups: no decay on norms, same lr
+    assert {g["weight_decay"] for g in adamw.param_groups} == {0.0, 0.05}
+    sgd_cfg = tiny_cfg()
+    assert type(MutualNetTrainer.build_optimizer(sgd_cfg, model)) is type(build_optimizer(sgd_cfg, model))
+    with pytest.raises(ValueError, match=r"MUTUALNET.TRAIN.OPTIMIZER='Adam' is unknown; accepted: \('SGD', 'AdamW'\)"):
+        validate_mutualnet_config(tiny_cfg(**{"MUTUALNET.TRAIN.OPTIMIZER": "Adam"}))
