@@ -82,7 +82,7 @@ def test_adamw_has_detectron2s_parameter_groups_and_an_unknown_optimizer_is_refu
 
     assert groups(adamw) == groups(sgd)  # Detectron2's groups: no decay on norms, same lr
     assert {g["weight_decay"] for g in adamw.param_groups} == {0.0, 0.05}
-    sgd_cfg = tiny_cfg()
+    sgd_cfg = tiny_cfg(**{"MUTUALNET.TRAIN.OPTIMIZER": "SGD"})
     assert type(MutualNetTrainer.build_optimizer(sgd_cfg, model)) is type(build_optimizer(sgd_cfg, model))
     with pytest.raises(ValueError, match=r"MUTUALNET.TRAIN.OPTIMIZER='Adam' is unknown; accepted: \('SGD', 'AdamW'\)"):
         validate_mutualnet_config(tiny_cfg(**{"MUTUALNET.TRAIN.OPTIMIZER": "Adam"}))
