@@ -76,3 +76,61 @@ def test_resumes_without_redoing_finished_runs_and_commits_each_as_it_finishes(t
     head = git(repo, "rev-parse", "HEAD")
     run_study(root, runs, jobs=1, commit=True, train=fake_train)
     assert len(trained) == 2 and git(repo, "rev-parse", "HEAD") == head
+
+
+def row(width, scale, gflops, ap_seeds, mask_seeds=None, aps=(1.0,), apl=(2.0,)):
+    """A results.json row with per-seed values (means computed here, as summarize does)."""
+    def metrics(ap, small, large):
+        out = {}
+        for name, values in (("AP", ap), ("APs", small), ("APm", ap), ("APl", large)):
+            out[name], out[f"{name}_seeds"] = sum(values) / len(values), list(values)
+        return out
+    seeds = len(ap_seeds)
+    return {"width": width, "resolution_scale": scale, "gflops": gflops, "seeds": seeds,
+            "bbox": metrics(ap_seeds, aps * seeds if len(aps) == 1 else aps, apl * seeds if len(apl) == 1 else apl),
+            "segm": metrics(mask_seeds or ap_seeds, aps * seeds if len(aps) == 1 else aps,
+                            apl * seeds if len(apl) == 1 else apl)}
+
+
+def test_paired_comparison_by_seed_and_the_spread_rule():
+    from mutualnet_det.evaluation.study_report import format_paired, paired_differences
+
+    summary = {"A": [row(1.0, 1.0, 5.0, [30.0, 32.0, 31.0]), row(0.25, 1.0, 1.0, [10.0, 14.0, 12.0])],
+               "B": [row(1.0, 1.0, 5.1, [25.0, 26.0, 25.5]), row(0.25, 1.0, 1.1, [11.0, 12.0, 13.5])]}
+    at_full, at_quarter = paired_differences(summary, "A", "B")
+    # width 1.0: differences 5, 6, 5.5 -> mean 5.5 > spread max(2, 1) = 2, same sign: exceeds
+    assert at_full["differences"] == [5.0, 6.0, 5.5] and at_full["mean"] == 5.5 and at_full["seed_spread"] == 2.0
+    assert at_full["exceeds_spread"]
+    # width 0.25: -1, +2, -1.5 -> mixed signs, mean -0.1667, spread 4: does not
+    assert at_quarter["differences"] == [-1.0, 2.0, -1.5] and not at_quarter["exceeds_spread"]
+    text = format_paired([at_full, at_quarter], "A", "B")
+    assert "| 1 | 1 | +5.0, +6.0, +5.5 | +5.5 | 2.0 | yes |" in text
+    assert "| 0.25 | 1 | -1.0, +2.0, -1.5 | -0.2 | 4.0 | no |" in text
+    summary["B"] = [row(1.0, 1.0, 5.1, [25.0, 26.0])]
+    import pytest
+    with pytest.raises(ValueError, match="A has 3 seeds and B 2"):
+        paired_differences(summary, "A", "B")
+
+
+def test_summarize_writes_the_report_and_its_plots(tmp_path):
+    from mutualnet_det.study import StudyRun, summarize
+
+    runs = [StudyRun(f"{name}_seed{seed}", group, (), seed) for name, group in
+            (("mutualnet", "MutualNet"), ("usnet", "US-Net")) for seed in (1, 2)]
+    runs.append(StudyRun("mutualnet_distill_seed1", "MutualNet + distill", (), 1))
+    aps = {"mutualnet_seed1": 30.0, "mutualnet_seed2": 34.0, "usnet_seed1": 20.0, "usnet_seed2": 21.0,
+           "mutualnet_distill_seed1": 29.0}
+    for run in runs:
+        records = [row(w, 1.0, 4 * w, [aps[run.name] * w]) for w in (1.0, 0.5)]
+        for r in records:
+            r["gflops_backbone"], r["params"] = r["gflops"] / 2, 1000
+        os.makedirs(os.path.dirname(sweep_path(str(tmp_path), run)))
+        json.dump(records, open(sweep_path(str(tmp_path), run), "w"))
+    summary = summarize(str(tmp_path), runs)
+    assert summary["MutualNet"][0]["bbox"]["AP_seeds"] == [30.0, 34.0]
+    report = (tmp_path / "report.md").read_text()
+    # width 1.0: 30-20, 34-21 -> +10, +13, mean 11.5 > spread max(4, 1): exceeds
+    assert "| 1 | 1 | +10.0, +13.0 | +11.5 | 4.0 | yes |" in report
+    assert "| MutualNet | <= 2.00 | 0.5 | 1 | 16.0 | 16.0 |" in report  # front: width 0.5 then 1.0
+    assert (tmp_path / "distillation.png").stat().st_size > 10000 and (tmp_path / "object_sizes.png").is_file()
+    assert "box APm" in (tmp_path / "table.md").read_text()
