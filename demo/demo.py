@@ -32,7 +32,7 @@ from mutualnet_det.bn_calibration import calibration_batches
 from mutualnet_det.checkpoint import CheckpointError, load_weights
 from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.latency import load_latency_table
-from mutualnet_det.visualization import SlimmablePredictor, prediction_panel, render_comparison
+from mutualnet_det.visualization import SlimmablePredictor, pick_by_object_size, prediction_panel, render_comparison
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
@@ -46,6 +46,11 @@ def get_parser():
     parser.add_argument("--input", nargs="+", default=[], help="image files, globs or directories")
     parser.add_argument("--dataset", help="take images from a registered dataset (adds a ground-truth panel)")
     parser.add_argument("--num-images", type=int, default=4, help="images taken from --dataset")
+    parser.add_argument("--most-small", type=int, default=0, metavar="N",
+                        help="instead of the first --num-images: the N dataset images with the most small "
+                             "ground-truth objects (COCO: area < 32^2) ...")
+    parser.add_argument("--most-large", type=int, default=0, metavar="N",
+                        help="... and the N others with the most large ones (area > 96^2)")
     parser.add_argument("--output", required=True, help="output directory (one PNG per image)")
     parser.add_argument("--width", type=float, default=None, help="backbone width for both models")
     parser.add_argument("--widths", type=float, nargs="+", help="several widths: one row each")
@@ -166,7 +171,16 @@ def main(args):
     setup_logger(name="mutualnet_det")
     if not args.input and not args.dataset:
         raise ValueError("give --input images or --dataset NAME")
-    items = [(d["file_name"], d) for d in DatasetCatalog.get(args.dataset)[:args.num_images]] if args.dataset else []
+    if (args.most_small or args.most_large) and not args.dataset:
+        raise ValueError("--most-small / --most-large pick images of a --dataset NAME; none given")
+    if args.most_small < 0 or args.most_large < 0:
+        raise ValueError(f"--most-small {args.most_small} / --most-large {args.most_large} must be >= 0")
+    records = DatasetCatalog.get(args.dataset) if args.dataset else []
+    if args.most_small or args.most_large:
+        records = pick_by_object_size(records, args.most_small, args.most_large)
+    else:
+        records = records[:args.num_images]
+    items = [(d["file_name"], d) for d in records]
     items += [(path, None) for path in expand_inputs(args.input)]
     os.makedirs(args.output, exist_ok=True)
     if args.latency_budget is not None:

@@ -116,6 +116,23 @@ def annotation_area(annotation, height, width) -> float:
     return float(w * h)
 
 
+def ground_truth_sizes(dataset_dict) -> Dict[str, int]:
+    """Ground-truth objects of a dataset record per COCO size class."""
+    height, width = dataset_dict["height"], dataset_dict["width"]
+    return count_by_size([annotation_area(a, height, width) for a in dataset_dict.get("annotations", [])])
+
+
+def pick_by_object_size(dataset_dicts: Sequence[Dict], most_small: int = 0, most_large: int = 0) -> List[Dict]:
+    """The `most_small` records with the most small ground-truth objects, then the `most_large`
+    others with the most large ones (ties: the dataset's order), for comparisons of methods on
+    small and on large objects chosen by a rule rather than by eye."""
+    sizes = [ground_truth_sizes(d) for d in dataset_dicts]
+    order = sorted(range(len(dataset_dicts)), key=lambda i: -sizes[i]["small"])[:most_small]
+    rest = [i for i in range(len(dataset_dicts)) if i not in order]
+    order += sorted(rest, key=lambda i: -sizes[i]["large"])[:most_large]
+    return [dataset_dicts[i] for i in order]
+
+
 def ground_truth_panel(image_rgb, dataset_dict, metadata) -> Panel:
     annotations = dataset_dict.get("annotations", [])
     areas = [annotation_area(a, image_rgb.shape[0], image_rgb.shape[1]) for a in annotations]

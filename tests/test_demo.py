@@ -101,3 +101,27 @@ MUTUALNET: {{BN_CALIB: {{NUM_BATCHES: 1}}}}
     assert result.returncode == 1, result.stderr[-2000:]
     assert "skipped" in result.stdout + result.stderr and "broken.png" in result.stdout + result.stderr
     assert os.listdir(tmp_path / "out") == ["shape_comparison.png"]
+
+
+def test_images_picked_by_ground_truth_object_sizes():
+    from pycocotools import mask as mask_util
+
+    from mutualnet_det.visualization import pick_by_object_size
+
+    def record(name, sides):
+        """An image of 200 x 200 with square objects of these sides (area side^2: < 32^2 small, > 96^2 large)."""
+        annotations = []
+        for side in sides:
+            mask = np.zeros((200, 200), dtype=np.uint8, order="F")
+            mask[:side, :side] = 1
+            rle = mask_util.encode(mask)
+            annotations.append({"segmentation": dict(rle, counts=rle["counts"].decode()), "bbox": [0, 0, side, side],
+                                "bbox_mode": 1, "category_id": 0})
+        return {"file_name": name, "height": 200, "width": 200, "annotations": annotations}
+
+    dicts = [record("a", [10, 20, 100]), record("b", [10, 10, 10, 40]), record("c", [150, 120, 5]),
+             record("d", [31, 33, 97, 99]), record("e", [])]
+    # small counts a 2, b 3, c 1, d 1 (31 px: 961 < 1024; 33 px is medium); large a 1, c 2, d 2 (97, 99 px)
+    picked = [d["file_name"] for d in pick_by_object_size(dicts, most_small=2, most_large=2)]
+    assert picked == ["b", "a", "c", "d"]
+    assert [d["file_name"] for d in pick_by_object_size(dicts, most_small=0, most_large=1)] == ["c"]
