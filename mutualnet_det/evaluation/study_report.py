@@ -95,6 +95,21 @@ def _width_curve(axis, rows: Sequence[Dict], metric: Metric, scale: float, label
                           color=colour, alpha=0.15)
 
 
+def _finish_axis(axis, title: str, ylabel: str) -> None:
+    axis.set_title(title)
+    axis.set_xlabel("width")
+    axis.set_ylabel(ylabel)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+
+
+def _save(figure, path: str) -> str:
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def plot_distillation(summary: Dict, pairs: Sequence[Tuple[str, str]], path: str, scale: float = 1.0) -> str:
     """The Fig. 1 analogue: per method, box and mask AP against width with and without inplace
     distillation (band: range over seeds where there are several)."""
@@ -107,15 +122,8 @@ def plot_distillation(summary: Dict, pairs: Sequence[Tuple[str, str]], path: str
             _width_curve(axis, summary[plain], metric, scale, f"{plain} (no distillation)", "-o", colours[0])
             if distilled in summary:
                 _width_curve(axis, summary[distilled], metric, scale, distilled, "--s", colours[1])
-            axis.set_title(f"{plain}: {metric[0]} {metric[1]} at scale {scale:g}")
-            axis.set_xlabel("width")
-            axis.set_ylabel(f"{metric[0]} {metric[1]}")
-            axis.grid(alpha=0.3)
-            axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+            _finish_axis(axis, f"{plain}: {metric[0]} {metric[1]} at scale {scale:g}", f"{metric[0]} {metric[1]}")
+    return _save(figure, path)
 
 
 def plot_sizes(summary: Dict, groups: Sequence[str], path: str, scale: float = 1.0) -> str:
@@ -126,12 +134,5 @@ def plot_sizes(summary: Dict, groups: Sequence[str], path: str, scale: float = 1
     for axis, metric in zip(axes[0], metrics):
         for index, group in enumerate(groups):
             _width_curve(axis, summary[group], metric, scale, group, "-o", colours[index % len(colours)])
-        axis.set_title(f"box {metric[1]} at scale {scale:g} (band: seed range)")
-        axis.set_xlabel("width")
-        axis.set_ylabel(f"box {metric[1]}")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+        _finish_axis(axis, f"box {metric[1]} at scale {scale:g} (band: seed range)", f"box {metric[1]}")
+    return _save(figure, path)
