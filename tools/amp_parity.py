@@ -4,9 +4,11 @@
     python tools/amp_parity.py              # trains what is missing, one run at a time, then compares
     python tools/amp_parity.py --seeds 1 2  # float32 with two seeds gives a seed spread to compare with
 
-MutualNet is trained with the same config and seed in float32 and with SOLVER.AMP.ENABLED True;
-both end with their width sweep. The float32 runs are the study's "mutualnet_seed<n>" runs (same
-command line, same folder), so a study that has them already is reused. Parity at a width: |AMP -
+MutualNet is trained with the same config (configs/Study/Base-Study.yaml as it is now) and seed in
+float32 and with SOLVER.AMP.ENABLED True; both end with their width sweep. The float32 runs have
+the study's names and command lines ("mutualnet_seed<n>"): pointing --output at a study trained
+with the current config reuses its runs; the default folder trains its own (runs trained with an
+older config, e.g. benchmarks/study_faithful's, must not be mixed with a new AMP run). Parity at a width: |AMP -
 float32| box AP at scale 1.0 (same seed) within the float32 seed spread (max - min), or within
 1.5 AP with one seed. Writes amp_parity.{json,md} into --output.
 """
@@ -48,7 +50,7 @@ def compare(float32_sweeps, amp_sweep, widths=(1.0, 0.25)):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "study_faithful"))
+    parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "amp_parity"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="float32 seeds (seed 1 is always one)")
     args = parser.parse_args()
     runs = parity_plan([1] + sorted(set(args.seeds) - {1}))
