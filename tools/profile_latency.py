@@ -21,6 +21,7 @@ from detectron2.utils.logger import setup_logger
 
 from mutualnet_det import add_mutualnet_config, validate_mutualnet_config
 from mutualnet_det.checkpoint import CheckpointError, load_weights
+from mutualnet_det.contention import usable_cpus
 from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.evaluation.query_table import load_sweep
 from mutualnet_det.latency import (check_sweep_matches_model, format_latency_table, profile_latency,
@@ -70,7 +71,7 @@ def main(argv=None):
         raise ValueError("need --num-images >= 1, --warmup >= 0 and --repeats-per-image >= 1")
     if args.threads and min(args.threads) < 1:
         raise ValueError(f"--threads {' '.join(map(str, args.threads))}: thread counts must be >= 1")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = len(usable_cpus())
     if args.threads and max(args.threads) > cores:
         raise ValueError(f"--threads {' '.join(map(str, args.threads))}: this process may run on {cores} core(s); "
                          "more threads than cores are never chosen at run time")
