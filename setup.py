@@ -8,6 +8,6 @@ setup(
     python_requires=">=3.8",
     # Detectron2 is not on PyPI: tools/install_detectron2.py installs it (see README).
     install_requires=["torch>=2.1", "torchvision", "fvcore", "pycocotools", "faster-coco-eval",
-                      "matplotlib", "tqdm", "tabulate"],
+                      "matplotlib", "tqdm", "tabulate", "filelock"],
     extras_require={"test": ["pytest"]},
 )

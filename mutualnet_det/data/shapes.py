@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_util
 
@@ -163,15 +164,21 @@ def _is_intact(split, root):
 
 
 def ensure_split(split: ShapesSplit, root: str = None) -> str:
-    """Generate the split unless an intact copy exists; return the path of its COCO json."""
+    """Generate the split unless an intact copy exists; return the path of its COCO json.
+
+    Processes that start at once on a fresh clone (the main job's two trainings, `launch`'s
+    workers) would otherwise write and read the same files together: one generates under a lock
+    file while the others wait, then find it intact."""
     root = root or dataset_root()
-    if not _is_intact(split, root):
-        logger.info(f"Generating embedded dataset {split.name} under {root} ...")
-        generate_split(split, root)
-        manifest = {"version": FORMAT_VERSION, "split": split.__dict__,
-                    "sha256": {os.path.relpath(p, root): _sha256(p) for p in _split_files(split, root)}}
-        with open(_manifest_path(split, root), "w") as f:
-            json.dump(manifest, f)
+    os.makedirs(root, exist_ok=True)
+    with FileLock(os.path.join(root, f".{split.name}.lock")):
+        if not _is_intact(split, root):
+            logger.info(f"Generating embedded dataset {split.name} under {root} ...")
+            generate_split(split, root)
+            manifest = {"version": FORMAT_VERSION, "split": split.__dict__,
+                        "sha256": {os.path.relpath(p, root): _sha256(p) for p in _split_files(split, root)}}
+            with open(_manifest_path(split, root), "w") as f:
+                json.dump(manifest, f)
     return os.path.join(root, f"{split.name}.json")
 
 

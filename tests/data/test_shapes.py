@@ -60,3 +60,23 @@ def test_registered_splits_load_through_detectron2():
     dicts = DatasetCatalog.get("shapes_val")
     assert len(dicts) == 60
     assert all(ann["bbox_mode"] is not None for d in dicts for ann in d["annotations"])
+
+
+def test_generation_waits_for_another_process_holding_the_split_lock(tmp_path):
+    """Two trainings starting at once on a fresh clone once read a half-written json: the second
+    caller must wait for the first one's generation, then find the split intact."""
+    import threading
+    from filelock import FileLock
+
+    lock = FileLock(str(tmp_path / f".{SMALL.name}.lock"))
+    lock.acquire()
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (ensure_split(SMALL, str(tmp_path)), done.set()))
+    worker.start()
+    assert not done.wait(timeout=1.5)  # blocked on the lock: nothing generated meanwhile
+    assert not (tmp_path / SMALL.name).exists()  # generation makes its image folder first
+    lock.release()
+    worker.join(timeout=120)
+    assert done.is_set()
+    with open(tmp_path / f"{SMALL.name}.json") as f:
+        assert len(json.load(f)["images"]) == SMALL.num_images
