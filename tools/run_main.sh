@@ -12,17 +12,19 @@ bash tools/setup_env.sh
 PY=.venv/bin/python
 export PYTHONWARNINGS=ignore
 started=$SECONDS
+config() { echo "configs/Shapes/$1_slimheads_mask_rcnn_R_18_FPN.yaml"; }  # $1: mutualnet or usnet
+out_dir() { echo "output/shapes_$1_slimheads"; }  # the config's OUTPUT_DIR
 pids=()
 for method in mutualnet usnet; do
-  out=output/shapes_${method}_slimheads
+  out=$(out_dir $method)
   if [ -f "$out/inference/shapes_val/width_sweep.json" ] && [ -f "$out/model_final.pth" ]; then
     echo "[main] $method: already trained and evaluated ($out)"
     continue
   fi
   mkdir -p "$out"
   echo "[main] training $method on the embedded dataset -> $out (log: $out/main.log)"
-  OMP_NUM_THREADS=1 $PY tools/train_net.py --config-file configs/Shapes/${method}_slimheads_mask_rcnn_R_18_FPN.yaml \
-    --resume >> "$out/main.log" 2>&1 &
+  OMP_NUM_THREADS=1 $PY tools/train_net.py --config-file "$(config $method)" --resume \
+    >> "$out/main.log" 2>&1 &
   pids+=($!)
 done
 trap 'kill ${pids[*]} 2>/dev/null' INT TERM
@@ -30,7 +32,7 @@ while [ ${#pids[@]} -gt 0 ] && kill -0 "${pids[@]}" 2>/dev/null; do  # progress 
   sleep 60
   for method in mutualnet usnet; do
     line=$(grep -ohE "iter: [0-9]+ .*total_loss: [0-9.]+|Calibrated BN statistics for .*|Evaluated [0-9]+ configurations|Overall training speed.*" \
-      output/shapes_${method}_slimheads/main.log 2>/dev/null | tail -1 | cut -c1-90) || true
+      "$(out_dir $method)/main.log" 2>/dev/null | tail -1 | cut -c1-90) || true
     [ -n "$line" ] && echo "[main] $(( (SECONDS - started) / 60 )) min, $method: $line"
   done
 done
@@ -39,13 +41,13 @@ for pid in "${pids[@]}"; do
 done
 echo "[main] query tables"
 for method in mutualnet usnet; do
-  $PY tools/query_table.py output/shapes_${method}_slimheads/inference/shapes_val/width_sweep.json
+  $PY tools/query_table.py "$(out_dir $method)/inference/shapes_val/width_sweep.json"
 done
-$PY tools/plot_tradeoff.py output/shapes_mutualnet_slimheads/inference/shapes_val/width_sweep.json \
-  output/shapes_usnet_slimheads/inference/shapes_val/width_sweep.json --labels MutualNet US-Net \
+$PY tools/plot_tradeoff.py "$(out_dir mutualnet)/inference/shapes_val/width_sweep.json" \
+  "$(out_dir usnet)/inference/shapes_val/width_sweep.json" --labels MutualNet US-Net \
   --title "Embedded shapes dataset (R-18 FPN, slimmable heads)" -o output/tradeoff.png
 echo "[main] demo: MutualNet vs US-Net at widths 1.0 and 0.25 (scores >= 0.3) -> output/demo"
-$PY demo/demo.py --config-file configs/Shapes/mutualnet_slimheads_mask_rcnn_R_18_FPN.yaml \
-  --compare-config configs/Shapes/usnet_slimheads_mask_rcnn_R_18_FPN.yaml --dataset shapes_val --num-images 4 \
+$PY demo/demo.py --config-file "$(config mutualnet)" \
+  --compare-config "$(config usnet)" --dataset shapes_val --num-images 4 \
   --widths 1.0 0.25 --confidence-threshold 0.3 --output output/demo
 echo "[main] done in $(( (SECONDS - started) / 60 )) min after set-up: output/tradeoff.png, output/demo/, output/shapes_*_slimheads/"
