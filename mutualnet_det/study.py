@@ -113,8 +113,17 @@ def commit_run(root: str, run: StudyRun, message: str) -> None:
     checkpoints) and timings.json, and nothing else that may be staged."""
     root = os.path.abspath(root)
     paths = [os.path.join(root, "runs", run.name), os.path.join(root, "timings.json")]
-    subprocess.run(["git", "add", "--", *paths], cwd=root, check=True)
-    subprocess.run(["git", "commit", "--quiet", "-m", message, "--", *paths], cwd=root, check=True)
+    for attempt in range(10):  # someone else's git command may hold the index lock for a moment
+        added = subprocess.run(["git", "add", "--", *paths], cwd=root, capture_output=True, text=True)
+        done = added.returncode == 0 and subprocess.run(
+            ["git", "commit", "--quiet", "-m", message, "--", *paths], cwd=root, capture_output=True,
+            text=True).returncode == 0
+        if done:
+            return
+        time.sleep(6)
+    # the results are on disk; losing the study to a failed commit would cost hours
+    tqdm.write(f"warning: could not commit {run.name}'s results; commit them by hand: "
+               f"git add {' '.join(paths)} && git commit -m '{message}'")
 
 
 def run_study(root: str, runs: List[StudyRun], jobs: int = 1, commit: bool = False, train=None) -> Dict:
