@@ -172,6 +172,8 @@ def summarize(root: str, runs: List[StudyRun]) -> Dict:
     report.md + distillation.png + object_sizes.png (study_report) for the groups finished so far."""
     by_group: Dict[str, List[List[Dict]]] = {}
     for run in runs:
+        if not os.path.isfile(sweep_path(root, run)):  # not finished yet: the report covers what is
+            continue
         with open(sweep_path(root, run)) as f:
             by_group.setdefault(run.group, []).append(json.load(f))
     summary = {}

@@ -126,8 +126,10 @@ def test_summarize_writes_the_report_and_its_plots(tmp_path):
             r["gflops_backbone"], r["params"] = r["gflops"] / 2, 1000
         os.makedirs(os.path.dirname(sweep_path(str(tmp_path), run)))
         json.dump(records, open(sweep_path(str(tmp_path), run), "w"))
-    summary = summarize(str(tmp_path), runs)
+    unfinished = StudyRun("usnet_seed3", "US-Net", (), 3)  # no sweep yet: left out, not an error
+    summary = summarize(str(tmp_path), runs + [unfinished])
     assert summary["MutualNet"][0]["bbox"]["AP_seeds"] == [30.0, 34.0]
+    assert summary["US-Net"][0]["bbox"]["AP_seeds"] == [20.0, 21.0]
     report = (tmp_path / "report.md").read_text()
     # width 1.0: 30-20, 34-21 -> +10, +13, mean 11.5 > spread max(4, 1): exceeds
     assert "| 1 | 1 | +10.0, +13.0 | +11.5 | 4.0 | yes |" in report
