@@ -7,11 +7,13 @@ most the current run, which then resumes from its last checkpoint) and ends with
 """
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Dict, List
 
@@ -70,10 +72,21 @@ def sweep_path(root: str, run: StudyRun) -> str:
     return os.path.join(root, "runs", run.name, "inference", "shapes_val", "width_sweep.json")
 
 
+# Set when the study is interrupted (Ctrl-C, SIGTERM): each running training is then asked to stop
+# the way Ctrl-C stops tools/train_net.py, which saves a checkpoint first.
+_STOP = threading.Event()
+
+
+class StudyInterrupted(Exception):
+    pass
+
+
 def train_and_sweep(run: StudyRun, root: str, threads: int = 0) -> float:
     """Train one run (resuming if interrupted) and sweep it; returns its seconds over every
-    invocation (an interrupted one's time is kept in runs/<name>/seconds.json and added).
-    Its output goes to runs/<name>/study.log; `threads` > 0 limits its CPU threads."""
+    invocation (kept in runs/<name>/seconds.json, updated every minute, so an interrupted run's
+    time counts). Its output goes to runs/<name>/study.log; `threads` > 0 limits its CPU threads."""
+    if _STOP.is_set():
+        raise StudyInterrupted(run.name)
     folder = os.path.join(root, "runs", run.name)
     os.makedirs(folder, exist_ok=True)
     seconds_path = os.path.join(folder, "seconds.json")
@@ -85,19 +98,34 @@ def train_and_sweep(run: StudyRun, root: str, threads: int = 0) -> float:
                "--resume", "OUTPUT_DIR", folder, "SEED", str(run.seed),
                "MUTUALNET.TRAIN.COHORT_SEED", str(run.seed), *run.overrides]
     log_path = os.path.join(folder, "study.log")
-    start = time.perf_counter()
-    try:
-        with open(log_path, "a") as log:
-            log.write(f"\n$ {' '.join(command)}\n")
-            log.flush()
-            result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    finally:
-        spent = spent_before + time.perf_counter() - start
+    start = last_saved = time.perf_counter()
+
+    def spent() -> float:
+        seconds = spent_before + time.perf_counter() - start
         with open(seconds_path, "w") as f:
-            json.dump(spent, f)
-    if result.returncode != 0 or not os.path.isfile(sweep_path(root, run)):
-        raise RuntimeError(f"study run {run.name} failed (exit {result.returncode}); see {log_path}")
-    return spent
+            json.dump(seconds, f)
+        return seconds
+
+    with open(log_path, "a") as log:
+        log.write(f"\n$ {' '.join(command)}\n")
+        log.flush()
+        # its own session: a Ctrl-C at the terminal reaches the study, which passes on one SIGINT
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            while process.poll() is None and not _STOP.wait(timeout=5):
+                if time.perf_counter() - last_saved > 60:
+                    spent()
+                    last_saved = time.perf_counter()
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)  # train_net saves a checkpoint, then exits
+                process.wait()
+            seconds = spent()
+    if _STOP.is_set():
+        raise StudyInterrupted(run.name)
+    if process.returncode != 0 or not os.path.isfile(sweep_path(root, run)):
+        raise RuntimeError(f"study run {run.name} failed (exit {process.returncode}); see {log_path}")
+    return seconds
 
 
 def load_timings(path: str) -> Dict:
@@ -108,11 +136,15 @@ def load_timings(path: str) -> Dict:
     return {"runs": {}, "invocations": [], **timings}
 
 
+SUMMARY_FILES = ("results.json", "table.md", "report.md", "tradeoff.png", "distillation.png", "object_sizes.png")
+
+
 def commit_run(root: str, run: StudyRun, message: str) -> None:
     """Commit a finished run's results (its folder, minus what .gitignore keeps out, e.g.
-    checkpoints) and timings.json, and nothing else that may be staged."""
+    checkpoints), timings.json and the summary so far, and nothing else that may be staged."""
     root = os.path.abspath(root)
     paths = [os.path.join(root, "runs", run.name), os.path.join(root, "timings.json")]
+    paths += [p for p in (os.path.join(root, name) for name in SUMMARY_FILES) if os.path.isfile(p)]
     for attempt in range(10):  # someone else's git command may hold the index lock for a moment
         added = subprocess.run(["git", "add", "--", *paths], cwd=root, capture_output=True, text=True)
         done = added.returncode == 0 and subprocess.run(
@@ -128,60 +160,107 @@ def commit_run(root: str, run: StudyRun, message: str) -> None:
 
 def run_study(root: str, runs: List[StudyRun], jobs: int = 1, commit: bool = False, train=None) -> Dict:
     """Train and sweep every run not done yet (`jobs` at a time, one thread each when > 1),
-    then summarize. Interrupted: run again, finished runs are skipped, others resume.
+    then summarize. Interrupted (Ctrl-C, SIGTERM): the running trainings save a checkpoint; run
+    again, finished runs are skipped, others resume. A failed run is reported and the others go on.
     commit: commit each run's results (git) as soon as it finishes.
     train: (run, root, threads) -> seconds; `train_and_sweep` unless replaced (tests)."""
     train = train or train_and_sweep
+    _STOP.clear()
     os.makedirs(root, exist_ok=True)
     timings_path = os.path.join(root, "timings.json")
     timings = load_timings(timings_path)
-    todo = [run for run in runs if not os.path.isfile(sweep_path(root, run))]
-    for run in runs:
-        if run not in todo:
-            tqdm.write(f"{run.name}: done already")
     started, invocation = time.perf_counter(), {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": []}
     timings["invocations"].append(invocation)
+
+    def save_timings():
+        invocation["wall_seconds"] = time.perf_counter() - started
+        timings["total_run_seconds"] = sum(timings["runs"].values())
+        timings["total_wall_seconds"] = sum(i.get("wall_seconds", 0) for i in timings["invocations"])
+        with open(timings_path, "w") as f:
+            json.dump(timings, f, indent=1)
+
+    def finished(run: StudyRun, seconds: float):
+        timings["runs"][run.name] = seconds
+        invocation["runs"].append(run.name)
+        save_timings()
+        minutes = seconds / 60
+        tqdm.write(f"{run.name}: finished in {minutes:.1f} min")
+        if commit:
+            _summarize_quietly(root, runs)
+            commit_run(root, run, f"Study: {run.name} finished ({minutes:.0f} min)")
+
+    todo, failed = [], []
+    for run in runs:
+        if not os.path.isfile(sweep_path(root, run)):
+            todo.append(run)
+        elif run.name not in timings["runs"]:  # finished when its study was stopped: record it now
+            seconds_path = os.path.join(root, "runs", run.name, "seconds.json")
+            finished(run, json.load(open(seconds_path)) if os.path.isfile(seconds_path) else 0.0)
+        else:
+            tqdm.write(f"{run.name}: done already")
     with tqdm(total=len(runs), initial=len(runs) - len(todo), desc="study runs") as progress, \
             ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {pool.submit(train, run, root, 1 if jobs > 1 else 0): run for run in todo}
-        for future in as_completed(futures):
-            run = futures[future]
-            timings["runs"][run.name] = future.result()
-            invocation["runs"].append(run.name)
-            invocation["wall_seconds"] = time.perf_counter() - started
-            timings["total_run_seconds"] = sum(timings["runs"].values())
-            timings["total_wall_seconds"] = sum(i.get("wall_seconds", 0) for i in timings["invocations"])
-            minutes = timings["runs"][run.name] / 60
-            tqdm.write(f"{run.name}: finished in {minutes:.1f} min")
-            progress.update(1)
-            with open(timings_path, "w") as f:
-                json.dump(timings, f, indent=1)
-            if commit:
-                commit_run(root, run, f"Study: {run.name} finished ({minutes:.0f} min)")
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=60, return_when=FIRST_COMPLETED)
+                for future in done:
+                    run = futures[future]
+                    try:
+                        finished(run, future.result())
+                    except Exception as error:  # the others go on; rerunning the study retries it
+                        failed.append(run.name)
+                        tqdm.write(f"{run.name}: {error}")
+                    progress.update(1)
+                save_timings()
+        except KeyboardInterrupt:
+            for future in pending:  # the queued ones first, so that no worker set free takes one
+                future.cancel()
+            _STOP.set()
+            tqdm.write("study interrupted: the running trainings save a checkpoint and stop; "
+                       "run the same command again to resume")
+            raise
+        finally:
+            save_timings()
+    if failed:
+        raise RuntimeError(f"study runs failed: {failed} (the others finished; run the study again to retry)")
     return summarize(root, runs)
+
+
+def _summarize_quietly(root: str, runs: List[StudyRun]) -> None:
+    """The summary so far, committed with each run; a plotting error must not stop the study."""
+    try:
+        summarize(root, runs)
+    except Exception as error:
+        tqdm.write(f"warning: could not summarize the finished runs ({error}); tools/study.py --summarize-only")
 
 
 METRICS = (("bbox", "AP"), ("bbox", "APs"), ("bbox", "APm"), ("bbox", "APl"),
            ("segm", "AP"), ("segm", "APs"), ("segm", "APm"), ("segm", "APl"))
-COMPARED = ("MutualNet", "US-Net")  # the paired comparison: seeds paired by their position
+COMPARED = ("MutualNet", "US-Net")  # the paired comparison: seeds paired by their number
 DISTILLATION_PAIRS = (("MutualNet", "MutualNet + distill"), ("US-Net", "US-Net + distill"))
 
 
 def summarize(root: str, runs: List[StudyRun]) -> Dict:
     """results.json (every record, group means and seed spread), table.md, tradeoff.png, and
     report.md + distillation.png + object_sizes.png (study_report) for the groups finished so far."""
-    by_group: Dict[str, List[List[Dict]]] = {}
+    by_group: Dict[str, List[List[Dict]]] = {}  # nothing finished yet: nothing written, {} returned
+    seeds_of: Dict[str, List[int]] = {}
     for run in runs:
         if not os.path.isfile(sweep_path(root, run)):  # not finished yet: the report covers what is
             continue
         with open(sweep_path(root, run)) as f:
             by_group.setdefault(run.group, []).append(json.load(f))
+        seeds_of.setdefault(run.group, []).append(run.seed)
     summary = {}
+    if not by_group:
+        return summary
     for group, sweeps in by_group.items():
         rows = []
         for records in zip(*sweeps):  # same configuration order in every sweep of a group
             row = {k: records[0][k] for k in ("width", "resolution_scale", "gflops", "gflops_backbone", "params")}
-            row["seeds"] = len(records)
+            row["seeds"], row["seed_ids"] = len(records), seeds_of[group]
             for task, metric in METRICS:
                 values = [r[task][metric] for r in records]
                 row.setdefault(task, {})[metric] = statistics.mean(values)
@@ -205,16 +284,16 @@ def write_report(root: str, summary: Dict) -> None:
                 "## Query tables: each method's Pareto front by GFLOPs (mean over seeds)", "",
                 study_report.format_fronts(summary, methods)]
     if len(methods) == 2:
-        seeds = {group: summary[group][0]["seeds"] for group in methods}
-        sections += ["## Paired comparison, seed by seed", ""]
-        if len(set(seeds.values())) == 1:
-            for metric in (("bbox", "AP"), ("segm", "AP")):
-                rows = study_report.paired_differences(summary, *methods, metric)
-                sections.append(study_report.format_paired(rows, *methods, metric))
-            sections.append("A difference exceeds the seed spread when its mean is larger than either method's range "
-                            "over seeds (max - min) and every seed's difference has the same sign.\n")
-        else:
-            sections.append(f"Not yet: seeds finished so far {seeds}.\n")
+        seeds = {group: study_report.seed_ids(summary[group][0]) for group in methods}
+        common = sorted(set(seeds[methods[0]]) & set(seeds[methods[1]]))
+        sections += ["## Paired comparison, seed by seed", "",
+                     f"Seeds finished: {', '.join(f'{g} {s}' for g, s in seeds.items())}; paired: {common} "
+                     "(same seed: same initialisation, data order and width draws).", ""]
+        for metric in (("bbox", "AP"), ("segm", "AP")):
+            rows = study_report.paired_differences(summary, *methods, metric)
+            sections.append(study_report.format_paired(rows, *methods, metric))
+        sections.append("A difference exceeds the seed spread when its mean is larger than either method's range "
+                        "over the paired seeds (max - min) and every seed's difference has the same sign.\n")
     sections += ["## Small and large objects at scale 1.0 (mean over seeds)", "",
                  study_report.format_sizes(summary, [g for g in summary if not g.startswith("single")])]
     with open(os.path.join(root, "report.md"), "w") as f:

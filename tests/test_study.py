@@ -3,6 +3,11 @@ finished run committed (results, not checkpoints) as it completes."""
 import json
 import os
 import subprocess
+import sys
+import threading
+import time
+
+import pytest
 
 import mutualnet_det.study as study
 from mutualnet_det.study import run_study, study_plan, sweep_path
@@ -47,7 +52,8 @@ def test_resumes_without_redoing_finished_runs_and_commits_each_as_it_finishes(t
     root = str(repo / "study")
     runs = study_plan()[:3]
     os.makedirs(os.path.dirname(sweep_path(root, runs[0])))
-    open(sweep_path(root, runs[0]), "w").write("[]")  # finished before this invocation
+    open(sweep_path(root, runs[0]), "w").write("[]")  # finished when an earlier invocation was stopped:
+    json.dump(30.0, open(os.path.join(root, "runs", runs[0].name, "seconds.json"), "w"))  # not yet recorded
     trained = []
 
     def fake_train(run, root_, threads):
@@ -68,10 +74,13 @@ def test_resumes_without_redoing_finished_runs_and_commits_each_as_it_finishes(t
                               "study/timings.json"]
     assert commit("HEAD~1") == ["Study: usnet_seed1 finished (1 min)",
                                 "study/runs/usnet_seed1/inference/shapes_val/width_sweep.json", "study/timings.json"]
+    assert commit("HEAD~2")[:3] == ["Study: mutualnet_seed1 finished (0 min)",  # recorded and committed now
+                                    "study/runs/mutualnet_seed1/inference/shapes_val/width_sweep.json",
+                                    "study/runs/mutualnet_seed1/seconds.json"]
     assert "unrelated.txt" in git(repo, "diff", "--cached", "--name-only")  # left staged, not committed
     timings = json.load(open(os.path.join(root, "timings.json")))
-    assert timings["runs"] == {"usnet_seed1": 60.0, "mutualnet_distill_seed1": 120.0}
-    assert timings["total_run_seconds"] == 180.0 and len(timings["invocations"]) == 1
+    assert timings["runs"] == {"mutualnet_seed1": 30.0, "usnet_seed1": 60.0, "mutualnet_distill_seed1": 120.0}
+    assert timings["total_run_seconds"] == 210.0 and len(timings["invocations"]) == 1
     # again: nothing left to train, nothing committed
     head = git(repo, "rev-parse", "HEAD")
     run_study(root, runs, jobs=1, commit=True, train=fake_train)
@@ -106,10 +115,11 @@ def test_paired_comparison_by_seed_and_the_spread_rule():
     text = format_paired([at_full, at_quarter], "A", "B")
     assert "| 1 | 1 | +5.0, +6.0, +5.5 | +5.5 | 2.0 | yes |" in text
     assert "| 0.25 | 1 | -1.0, +2.0, -1.5 | -0.2 | 4.0 | no |" in text
-    summary["B"] = [row(1.0, 1.0, 5.1, [25.0, 26.0])]
-    import pytest
-    with pytest.raises(ValueError, match="A has 3 seeds and B 2"):
-        paired_differences(summary, "A", "B")
+    # B has seeds 1 and 3 only (seed 2 failed): paired by seed number, not by position
+    summary["B"] = [dict(row(1.0, 1.0, 5.1, [25.0, 26.0]), seed_ids=[1, 3])]
+    (only,) = paired_differences(summary, "A", "B")
+    assert only["seeds"] == [1, 3] and only["differences"] == [5.0, 5.0]  # 30 - 25, 31 - 26
+    assert only["seed_spread"] == 1.0 and only["exceeds_spread"]  # spreads over seeds 1, 3: A 1, B 1
 
 
 def test_summarize_writes_the_report_and_its_plots(tmp_path):
@@ -136,3 +146,75 @@ def test_summarize_writes_the_report_and_its_plots(tmp_path):
     assert "| MutualNet | <= 2.00 | 0.5 | 1 | 16.0 | 16.0 |" in report  # front: width 0.5 then 1.0
     assert (tmp_path / "distillation.png").stat().st_size > 10000 and (tmp_path / "object_sizes.png").is_file()
     assert "box APm" in (tmp_path / "table.md").read_text()
+
+
+def test_a_failed_run_does_not_stop_the_others_and_is_reported(tmp_path, monkeypatch):
+    runs = study_plan()[:3]
+
+    def fake_train(run, root_, threads):
+        if run.name == "usnet_seed1":
+            raise RuntimeError("study run usnet_seed1 failed (exit 1)")
+        os.makedirs(os.path.dirname(sweep_path(root_, run)), exist_ok=True)
+        open(sweep_path(root_, run), "w").write("[]")
+        return 10.0
+
+    monkeypatch.setattr(study, "summarize", lambda root_, runs_: {})
+    with pytest.raises(RuntimeError, match=r"failed: \['usnet_seed1'\]"):
+        run_study(str(tmp_path), runs, jobs=1, train=fake_train)
+    timings = json.load(open(tmp_path / "timings.json"))
+    assert timings["runs"] == {"mutualnet_seed1": 10.0, "mutualnet_distill_seed1": 10.0}
+
+
+def test_an_interrupted_study_stops_its_trainings_starts_no_more_and_keeps_its_wall_time(tmp_path, monkeypatch):
+    runs = study_plan()[:3]
+    stopped, started = [], []
+
+    def fake_train(run, root_, threads):
+        started.append(run.name)
+        stopped.append(study._STOP.wait(timeout=20))  # each running training is asked to stop
+        raise study.StudyInterrupted(run.name)
+
+    def ctrl_c_once_both_train(futures, timeout, return_when):
+        while len(started) < 2:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        raise KeyboardInterrupt  # arrives in the study's main thread, as Ctrl-C or SIGTERM would
+
+    monkeypatch.setattr(study, "wait", ctrl_c_once_both_train)
+    monkeypatch.setattr(study, "summarize", lambda root_, runs_: {})
+    with pytest.raises(KeyboardInterrupt):
+        run_study(str(tmp_path), runs, jobs=2, train=fake_train)
+    assert sorted(started) == ["mutualnet_seed1", "usnet_seed1"] and stopped == [True, True]  # no third
+    (invocation,) = json.load(open(tmp_path / "timings.json"))["invocations"]
+    assert invocation["runs"] == [] and invocation["wall_seconds"] >= 0.5
+
+
+def test_train_and_sweep_passes_the_interrupt_on_to_its_training_and_keeps_the_time(tmp_path, monkeypatch):
+    """A real child process (a stand-in for tools/train_net.py) gets one SIGINT and exits as
+    train_net does after saving its checkpoint; the time spent is kept in seconds.json."""
+    fake_repo = tmp_path / "repo"
+    (fake_repo / "tools").mkdir(parents=True)
+    (fake_repo / "tools" / "train_net.py").write_text(
+        "import sys, time\n"
+        "out = sys.argv[sys.argv.index('OUTPUT_DIR') + 1]\n"
+        "open(out + '/started', 'w').close()\n"
+        "try:\n    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n    open(out + '/checkpoint_on_interrupt', 'w').close()\n    sys.exit(1)\n")
+    monkeypatch.setattr(study, "REPO", str(fake_repo))
+    root = tmp_path / "study"
+    run = study_plan()[0]
+    folder = root / "runs" / run.name
+    study._STOP.clear()
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault("error", pytest.raises(
+        study.StudyInterrupted, study.train_and_sweep, run, str(root), 1)))
+    worker.start()
+    deadline = time.time() + 30
+    while not (folder / "started").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    study._STOP.set()
+    worker.join(timeout=30)
+    study._STOP.clear()
+    assert not worker.is_alive() and (folder / "checkpoint_on_interrupt").exists()
+    assert json.load(open(folder / "seconds.json")) >= 1.0

@@ -7,9 +7,13 @@
     python tools/study.py --slimmable-heads # also MutualNet with slimmable heads (2 runs more)
     python tools/study.py --runs mutualnet_seed1 usnet_seed1 --output DIR  # a subset of the plan
     python tools/study.py --commit         # commit each run's results (git) as it finishes
+
+Interrupted (Ctrl-C, or SIGTERM from `kill`)? The running trainings save a checkpoint and stop;
+the same command resumes them and never redoes a finished run.
 """
 import argparse
 import os
+import signal
 
 from mutualnet_det.study import REPO, run_study, study_plan, summarize
 
@@ -34,9 +38,17 @@ def main():
         if unknown:
             parser.error(f"unknown run(s) {unknown}; the plan has {sorted(by_name)}")
         runs = [by_name[name] for name in args.runs]
+    signal.signal(signal.SIGTERM, stop_like_ctrl_c)  # e.g. `kill`: trainings save a checkpoint first
     summary = summarize(args.output, runs) if args.summarize_only else run_study(args.output, runs, args.jobs, commit=args.commit)
+    if not summary:
+        print(f"no finished runs yet in {args.output}")
+        return
     print(open(os.path.join(args.output, "table.md")).read())
     print(f"{len(summary)} method groups; results in {args.output}")
+
+
+def stop_like_ctrl_c(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The study's analyses, from its summary (`results.json`: per method group, one row per (width,
-scale) with the mean and the per-seed values of each metric, seeds in the same order in every
-group): the paired comparison of two methods seed by seed, each method's query table (Pareto front
-by GFLOPs), the distillation ablation (the MutualNet paper's Fig. 1 analogue) and small / large
+scale) with the mean and the per-seed values of each metric and the seed numbers): the paired
+comparison of two methods seed by seed, each method's query table (Pareto front by GFLOPs),
+the distillation ablation (the MutualNet paper's Fig. 1 analogue) and small / large
 objects per width, as Markdown tables and plots.
 
 A difference "exceeds the seed spread" when its mean over seeds is larger than either method's
@@ -30,24 +30,32 @@ def _seeds(row: Dict, metric: Metric) -> List[float]:
     return row[task][f"{name}_seeds"]
 
 
+def seed_ids(row: Dict) -> List[int]:
+    """The seed numbers behind a row's per-seed values (1, 2, ... where results.json predates them)."""
+    return row.get("seed_ids") or list(range(1, row["seeds"] + 1))
+
+
 def paired_differences(summary: Dict, a: str, b: str, metric: Metric = ("bbox", "AP")) -> List[Dict]:
-    """Per (width, scale) of both groups: a - b seed by seed (seeds paired by position), their mean,
-    each group's range over seeds, and whether the mean difference exceeds the seed spread."""
+    """Per (width, scale) of both groups: a - b seed by seed, on the seeds both groups have (paired
+    by seed number: same initialisation, data order and width draws), their mean, each group's
+    range over those seeds, and whether the mean difference exceeds the seed spread."""
     rows_b = {_key(row): row for row in summary[b]}
     result = []
     for row_a in summary[a]:
         row_b = rows_b.get(_key(row_a))
         if row_b is None:
             continue
-        seeds_a, seeds_b = _seeds(row_a, metric), _seeds(row_b, metric)
-        if len(seeds_a) != len(seeds_b):
-            raise ValueError(f"{a} has {len(seeds_a)} seeds and {b} {len(seeds_b)} at width {row_a['width']}, "
-                             f"scale {row_a['resolution_scale']}: a paired comparison needs the same seeds")
+        values_a = dict(zip(seed_ids(row_a), _seeds(row_a, metric)))
+        values_b = dict(zip(seed_ids(row_b), _seeds(row_b, metric)))
+        common = sorted(set(values_a) & set(values_b))
+        if not common:
+            continue
+        seeds_a, seeds_b = [values_a[s] for s in common], [values_b[s] for s in common]
         differences = [x - y for x, y in zip(seeds_a, seeds_b)]
         mean = statistics.fmean(differences)
         spread = max(max(seeds_a) - min(seeds_a), max(seeds_b) - min(seeds_b))
         same_sign = all(d > 0 for d in differences) or all(d < 0 for d in differences)
-        result.append({"width": row_a["width"], "resolution_scale": row_a["resolution_scale"],
+        result.append({"width": row_a["width"], "resolution_scale": row_a["resolution_scale"], "seeds": common,
                        "differences": differences, "mean": mean, "seed_spread": spread,
                        "exceeds_spread": len(differences) > 1 and same_sign and abs(mean) > spread})
     return result

@@ -57,11 +57,10 @@ def evaluate_configuration(cfg, model, dataset_name, width, scale, calibration_b
 
 
 def write_sweep(records: List[Dict], folder: str) -> str:
-    """Write width_sweep.json and width_sweep.csv into `folder`; return the json path."""
+    """Write width_sweep.csv and width_sweep.json into `folder`; return the json path. The json is
+    written last and whole (renamed into place): its presence means a finished sweep."""
     os.makedirs(folder, exist_ok=True)
     json_path = os.path.join(folder, "width_sweep.json")
-    with open(json_path, "w") as f:
-        json.dump(records, f, indent=1)
     columns = ["width", "resolution_scale", "gflops", "gflops_backbone", "params", "bn_stats"]
     rows = [[r[c] for c in columns] + [r.get(t, {}).get(m) for t in ("bbox", "segm") for m in METRICS]
             for r in records]
@@ -69,6 +68,9 @@ def write_sweep(records: List[Dict], folder: str) -> str:
         writer = csv.writer(f)
         writer.writerow(columns + [f"{t}_{m}" for t in ("bbox", "segm") for m in METRICS])
         writer.writerows(rows)
+    with open(json_path + ".tmp", "w") as f:
+        json.dump(records, f, indent=1)
+    os.replace(json_path + ".tmp", json_path)
     return json_path
 
 
