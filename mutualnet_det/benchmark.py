@@ -1,6 +1,8 @@
 """Latency and training-cost measurements (device-agnostic: synchronised timing, warm-up,
 median and spread of repeats). Used by tools/benchmark.py; ratios, not absolute numbers, are
 the point: they are measured in one run on one machine."""
+import json
+import os
 import statistics
 import time
 from typing import Callable, Dict
@@ -36,3 +38,17 @@ def peak_memory_mb(device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_report(report: Dict, output: str, prefix: str, to_markdown: Callable[[Dict], str]) -> str:
+    """<output>/<prefix><device type>_<date>.{json,md} (report needs "device" and "date"); prints
+    the Markdown and returns the stem."""
+    os.makedirs(output, exist_ok=True)
+    stem = os.path.join(output, f"{prefix}{report['device'].split(':')[0]}_{report['date']}")
+    with open(stem + ".json", "w") as f:
+        json.dump(report, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(to_markdown(report))
+    print(to_markdown(report))
+    print(f"written to {stem}.json and {stem}.md")
+    return stem

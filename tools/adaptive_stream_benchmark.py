@@ -15,7 +15,6 @@ count (a budget sized for the full model on an idle device, with 20% headroom).
 import argparse
 import datetime
 import itertools
-import json
 import os
 import sys
 
@@ -26,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from profile_latency import default_sweep, load_trained  # noqa: E402
 
 from mutualnet_det.adaptive import AdaptivePredictor, FixedPolicy  # noqa: E402
+from mutualnet_det.benchmark import write_report  # noqa: E402
 from mutualnet_det.checkpoint import CheckpointError  # noqa: E402
 from mutualnet_det.latency import (configuration_of, fronts_by_threads, load_latency_table, threads_of,  # noqa: E402
                                    validation_images)
@@ -108,7 +108,8 @@ def main(argv=None):
             warm_up(image)
     runs = {"adaptive": AdaptivePredictor(cfg, model, table, budget_ms),
             "fixed_w1.0_s1.0": AdaptivePredictor(cfg, model, table, budget_ms, policy=FixedPolicy(full))}
-    report = {"date": datetime.date.today().isoformat(), "device_name": table["device_name"], "setting": table["setting"],
+    report = {"date": datetime.date.today().isoformat(), "device": table["device"], "device_name": table["device_name"],
+              "setting": table["setting"],
               "table": os.path.abspath(table_path), "weights": os.path.abspath(cfg.MODEL.WEIGHTS),
               "metric": table["metric"], "table_threads": table_threads, "budget_ms": budget_ms, "frames": args.frames,
               "load_from_frame": load_from_frame,
@@ -120,14 +121,7 @@ def main(argv=None):
         frames = run_stream(predictor, stream, BackgroundLoad(args.load_threads, args.load_size), load_from_frame)
         report["summaries"][name] = summarize_stream(frames, budget_ms, load_from_frame)
         report["per_frame"][name] = frame_rows(frames)
-    os.makedirs(args.output, exist_ok=True)
-    stem = os.path.join(args.output, f"adaptive_stream_{table['device'].split(':')[0]}_{report['date']}")
-    with open(stem + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown(report))
-    print(markdown(report))
-    print(f"written to {stem}.json and .md")
+    write_report(report, args.output, "adaptive_stream_", markdown)
     return 0
 
 

@@ -26,7 +26,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
 from mutualnet_det import add_mutualnet_config, freeze_width
-from mutualnet_det.benchmark import time_call
+from mutualnet_det.benchmark import time_call, write_report
 from mutualnet_det.bn_calibration import calibration_batches, use_configuration
 from mutualnet_det.checkpoint import load_weights
 from mutualnet_det.data.rescale import scaled_test_input
@@ -233,18 +233,6 @@ def precision_markdown(report):
 def new_report(args, **fields):
     return {"date": datetime.date.today().isoformat(), "device": args.device,
             "device_name": device_description(args.device), "config": args.config_file, **fields}
-
-
-def write_report(report, output, prefix, to_markdown):
-    """<output>/<prefix><device>_<date>.{json,md}; prints the Markdown."""
-    os.makedirs(output, exist_ok=True)
-    stem = os.path.join(output, f"{prefix}{report['device'].split(':')[0]}_{report['date']}")
-    with open(stem + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(to_markdown(report))
-    print(to_markdown(report))
-    print(f"written to {stem}.json and {stem}.md")
 
 
 def main_precision(args):
