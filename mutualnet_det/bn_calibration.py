@@ -73,6 +73,10 @@ class BNStatsBank(nn.Module):
             f"{name}.{stat}": getattr(layer, stat).detach().cpu().clone()
             for name, layer in bn_layers(model).items() for stat in STATS}
 
+    def clear(self) -> None:
+        """Forget every entry: statistics hold only for the weights they were calibrated with."""
+        self.bank = {}
+
     def apply(self, model: nn.Module, width: float, resolution_scale: float) -> bool:
         """Load a configuration's statistics into the model's BN layers; False if not banked."""
         entry = self.bank.get(configuration_key(width, resolution_scale))

@@ -79,6 +79,8 @@ class SandwichTrainer(SimpleTrainer):
         self.after_backward()
         self._write_cohort_metrics(member_losses, data_time, grad_norm, len(cohort))
         self.precision.step(self.optimizer)  # Detectron2's per-parameter clipping (if on) runs in here
+        if hasattr(model, "bn_stats_bank"):  # e.g. from a periodic evaluation: stale for the new weights
+            model.bn_stats_bank.clear()
 
     def _forward(self, inputs):
         """The member's loss dict, and what the distillation hooks captured (None without it)."""

@@ -59,6 +59,21 @@ def test_one_step_with_the_sum_of_member_gradients():
     assert storage.latest()["cohort/member1_resolution_scale"][0] == 0.8
 
 
+def test_a_step_forgets_statistics_banked_for_the_previous_weights():
+    """A periodic evaluation during training banks calibrated BN statistics; after the next
+    weight update they are stale, so the next evaluation (or the final checkpoint) must not use them."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).train()
+    model.bn_stats_bank.store(model, 1.0, 1.0)
+    assert (1.0, 1.0) in model.bn_stats_bank
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    trainer = SandwichTrainer(model, [toy_batch()] * 2, optimizer, cohort_of=lambda iteration: COHORT[:1])
+    with EventStorage(0):
+        trainer.iter = 0
+        trainer.run_step()
+    assert model.bn_stats_bank.configurations() == []
+
+
 def test_distillation_term_is_zero_for_a_member_equal_to_the_widest():
     torch.manual_seed(0)
     model = build_model(tiny_cfg()).train()
