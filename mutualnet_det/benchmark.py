@@ -47,8 +47,9 @@ def write_report(report: Dict, output: str, prefix: str, to_markdown: Callable[[
     stem = os.path.join(output, f"{prefix}{report['device'].split(':')[0]}_{report['date']}")
     with open(stem + ".json", "w") as f:
         json.dump(report, f, indent=1)
+    text = to_markdown(report)
     with open(stem + ".md", "w") as f:
-        f.write(to_markdown(report))
-    print(to_markdown(report))
+        f.write(text)
+    print(text)
     print(f"written to {stem}.json and {stem}.md")
     return stem
