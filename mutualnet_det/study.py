@@ -94,8 +94,12 @@ def train_and_sweep(run: StudyRun, root: str, threads: int = 0) -> float:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
+    # relative to the repository (the child runs there) when inside it: the run's config.yaml, which
+    # the demo reads to find model_final.pth, then holds no path of this machine's checkout
+    inside_repo = os.path.commonpath([os.path.abspath(folder), REPO]) == REPO
+    output_dir = os.path.relpath(folder, REPO) if inside_repo else os.path.abspath(folder)
     command = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", STUDY_CONFIG,
-               "--resume", "OUTPUT_DIR", folder, "SEED", str(run.seed),
+               "--resume", "OUTPUT_DIR", output_dir, "SEED", str(run.seed),
                "MUTUALNET.TRAIN.COHORT_SEED", str(run.seed), *run.overrides]
     log_path = os.path.join(folder, "study.log")
     start = last_saved = time.perf_counter()
@@ -110,7 +114,8 @@ def train_and_sweep(run: StudyRun, root: str, threads: int = 0) -> float:
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
         # its own session: a Ctrl-C at the terminal reaches the study, which passes on one SIGINT
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                                   start_new_session=True)
         try:
             while process.poll() is None and not _STOP.wait(timeout=5):
                 if time.perf_counter() - last_saved > 60:

@@ -218,3 +218,23 @@ def test_train_and_sweep_passes_the_interrupt_on_to_its_training_and_keeps_the_t
     study._STOP.clear()
     assert not worker.is_alive() and (folder / "checkpoint_on_interrupt").exists()
     assert json.load(open(folder / "seconds.json")) >= 1.0
+
+
+def test_a_run_inside_the_repository_gets_a_relative_output_dir(tmp_path, monkeypatch):
+    """The run's config.yaml (which the demo reads to find model_final.pth) must not hold this
+    checkout's absolute path: the child runs in the repository with OUTPUT_DIR relative to it."""
+    fake_repo = tmp_path / "repo"
+    (fake_repo / "tools").mkdir(parents=True)
+    (fake_repo / "tools" / "train_net.py").write_text(
+        "import json, os, sys\n"
+        "out = sys.argv[sys.argv.index('OUTPUT_DIR') + 1]\n"
+        "os.makedirs(os.path.join(out, 'inference', 'shapes_val'))\n"
+        "open(os.path.join(out, 'inference', 'shapes_val', 'width_sweep.json'), 'w').write('[]')\n"
+        "json.dump({'cwd': os.getcwd(), 'out': out}, open(os.path.join(out, 'seen.json'), 'w'))\n")
+    monkeypatch.setattr(study, "REPO", str(fake_repo))
+    root = fake_repo / "benchmarks" / "study"
+    run = study_plan()[0]
+    study._STOP.clear()
+    study.train_and_sweep(run, str(root), 1)  # raises if the sweep is not where the runner looks
+    seen = json.load(open(root / "runs" / run.name / "seen.json"))
+    assert seen == {"cwd": str(fake_repo), "out": os.path.join("benchmarks", "study", "runs", run.name)}
