@@ -13,7 +13,11 @@ PY=.venv/bin/python
 export PYTHONWARNINGS=ignore
 started=$SECONDS
 config() { echo "configs/Shapes/$1_slimheads_mask_rcnn_R_18_FPN.yaml"; }  # $1: mutualnet or usnet
-out_dir() { echo "output/shapes_$1_slimheads"; }  # the config's OUTPUT_DIR
+out_dir() {  # the config's own OUTPUT_DIR (one place names it)
+  local dir; dir=$(sed -n 's/^OUTPUT_DIR: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' "$(config "$1")")
+  [ -n "$dir" ] || { echo "[main] $(config "$1") sets no OUTPUT_DIR" >&2; exit 1; }
+  echo "$dir"
+}
 pids=()
 for method in mutualnet usnet; do
   out=$(out_dir $method)
@@ -37,7 +41,7 @@ while [ ${#pids[@]} -gt 0 ] && kill -0 "${pids[@]}" 2>/dev/null; do  # progress 
   done
 done
 for pid in "${pids[@]}"; do
-  wait "$pid" || { echo "[main] a training failed: see output/shapes_*_slimheads/main.log" >&2; exit 1; }
+  wait "$pid" || { echo "[main] a training failed: see $(out_dir mutualnet)/main.log and $(out_dir usnet)/main.log" >&2; exit 1; }
 done
 echo "[main] query tables"
 for method in mutualnet usnet; do
