@@ -14,6 +14,7 @@ the same command resumes them and never redoes a finished run.
 import argparse
 import os
 import signal
+import sys
 
 from mutualnet_det.study import REPO, run_study, study_plan, summarize
 
@@ -52,4 +53,7 @@ def stop_like_ctrl_c(signum, frame):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the runner has said what happened and how to resume: no traceback
+        sys.exit(130)
