@@ -189,18 +189,24 @@ def test_an_interrupted_study_stops_its_trainings_starts_no_more_and_keeps_its_w
     assert invocation["runs"] == [] and invocation["wall_seconds"] >= 0.5
 
 
+def _repo_with_train_net(tmp_path, monkeypatch, script: str):
+    """A repository whose tools/train_net.py is `script` (a stand-in child process) for the runner."""
+    fake_repo = tmp_path / "repo"
+    (fake_repo / "tools").mkdir(parents=True)
+    (fake_repo / "tools" / "train_net.py").write_text(script)
+    monkeypatch.setattr(study, "REPO", str(fake_repo))
+    return fake_repo
+
+
 def test_train_and_sweep_passes_the_interrupt_on_to_its_training_and_keeps_the_time(tmp_path, monkeypatch):
     """A real child process (a stand-in for tools/train_net.py) gets one SIGINT and exits as
     train_net does after saving its checkpoint; the time spent is kept in seconds.json."""
-    fake_repo = tmp_path / "repo"
-    (fake_repo / "tools").mkdir(parents=True)
-    (fake_repo / "tools" / "train_net.py").write_text(
+    fake_repo = _repo_with_train_net(tmp_path, monkeypatch,
         "import sys, time\n"
         "out = sys.argv[sys.argv.index('OUTPUT_DIR') + 1]\n"
         "open(out + '/started', 'w').close()\n"
         "try:\n    time.sleep(60)\n"
         "except KeyboardInterrupt:\n    open(out + '/checkpoint_on_interrupt', 'w').close()\n    sys.exit(1)\n")
-    monkeypatch.setattr(study, "REPO", str(fake_repo))
     root = tmp_path / "study"
     run = study_plan()[0]
     folder = root / "runs" / run.name
@@ -223,15 +229,12 @@ def test_train_and_sweep_passes_the_interrupt_on_to_its_training_and_keeps_the_t
 def test_a_run_inside_the_repository_gets_a_relative_output_dir(tmp_path, monkeypatch):
     """The run's config.yaml (which the demo reads to find model_final.pth) must not hold this
     checkout's absolute path: the child runs in the repository with OUTPUT_DIR relative to it."""
-    fake_repo = tmp_path / "repo"
-    (fake_repo / "tools").mkdir(parents=True)
-    (fake_repo / "tools" / "train_net.py").write_text(
+    fake_repo = _repo_with_train_net(tmp_path, monkeypatch,
         "import json, os, sys\n"
         "out = sys.argv[sys.argv.index('OUTPUT_DIR') + 1]\n"
         "os.makedirs(os.path.join(out, 'inference', 'shapes_val'))\n"
         "open(os.path.join(out, 'inference', 'shapes_val', 'width_sweep.json'), 'w').write('[]')\n"
         "json.dump({'cwd': os.getcwd(), 'out': out}, open(os.path.join(out, 'seen.json'), 'w'))\n")
-    monkeypatch.setattr(study, "REPO", str(fake_repo))
     root = fake_repo / "benchmarks" / "study"
     run = study_plan()[0]
     study._STOP.clear()
