@@ -3,8 +3,10 @@ widths, through tools/train_net.py as a user runs it (Detectron2's builtin coco_
 read from DETECTRON2_DATASETS)."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -85,3 +87,25 @@ def test_missing_initial_weights_fail_before_any_work_saying_what_to_do(tmp_path
     assert "tools/convert_mutualnet_imagenet.py" in message and "ImageNet initialisation" in message
     assert 'MODEL.WEIGHTS ""' in message
     assert "Starting training" not in run.stdout + message
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130_saying_how_to_resume_without_a_traceback(tmp_path):
+    write_tiny_coco(tmp_path / "datasets")
+    env = {**os.environ, "DETECTRON2_DATASETS": str(tmp_path / "datasets"), "OMP_NUM_THREADS": "1",
+           "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file",
+               os.path.join(REPO, "configs", "COCO-InstanceSegmentation", CONFIGS[0]), *SMALL,
+               "SOLVER.MAX_ITER", "1000", "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path / "out")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if "Starting training from iteration" in line:
+            time.sleep(3)  # a few iterations in
+            process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=300) == 130, "".join(output)[-3000:]
+    text = "".join(output)
+    assert "Traceback" not in text
+    assert "interrupted; run the same command with --resume to continue" in text
+    saved = (tmp_path / "out" / "last_checkpoint").read_text()
+    assert saved.startswith("model_") and (tmp_path / "out" / saved).is_file() and saved != "model_final.pth"

@@ -50,3 +50,6 @@ if __name__ == "__main__":
                dist_url=args.dist_url, args=(args,))
     except (ValueError, KeyError, CheckpointError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
+    except KeyboardInterrupt:  # CheckpointOnInterrupt has saved and said so: no traceback
+        print("interrupted; run the same command with --resume to continue", file=sys.stderr)
+        sys.exit(130)
