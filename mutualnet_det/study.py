@@ -77,6 +77,21 @@ def sweep_path(root: str, run: StudyRun) -> str:
 _STOP = threading.Event()
 
 
+def handle_stop_signals() -> None:
+    """Ctrl-C and SIGTERM stop the study the same way (the trainings save a checkpoint first).
+
+    Also when a script started the study in the background, where SIGINT comes ignored: that
+    would leave the runner deaf to Ctrl-C / `kill -INT` and, inherited across exec, make its
+    trainings ignore the SIGINT it sends them. A handled SIGINT is reset to the default on exec,
+    so the trainings get Python's KeyboardInterrupt again. Main thread only (Python's rule)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 class StudyInterrupted(Exception):
     pass
 

@@ -2,6 +2,7 @@
 finished run committed (results, not checkpoints) as it completes."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -224,6 +225,42 @@ def test_train_and_sweep_passes_the_interrupt_on_to_its_training_and_keeps_the_t
     study._STOP.clear()
     assert not worker.is_alive() and (folder / "checkpoint_on_interrupt").exists()
     assert json.load(open(folder / "seconds.json")) >= 1.0
+
+
+def test_a_study_started_in_the_background_still_stops_its_trainings_on_sigint(tmp_path, monkeypatch):
+    """A script's `nohup python tools/study.py &` starts with SIGINT ignored, and so would the
+    trainings it starts: `kill -INT` then did nothing. With handle_stop_signals the runner
+    stops on it and its training gets the SIGINT it passes on (here: a real child process)."""
+    fake_repo = _repo_with_train_net(tmp_path, monkeypatch,
+        "import sys, time\n"
+        "out = sys.argv[sys.argv.index('OUTPUT_DIR') + 1]\n"
+        "open(out + '/started', 'w').close()\n"
+        "try:\n    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n    open(out + '/checkpoint_on_interrupt', 'w').close()\n    sys.exit(1)\n")
+    root = tmp_path / "study"
+    runner = tmp_path / "runner.py"
+    runner.write_text(
+        "import sys\n"
+        "import mutualnet_det.study as study\n"
+        f"study.REPO = {str(fake_repo)!r}\n"
+        "study.handle_stop_signals()\n"
+        f"study.train_and_sweep(study.study_plan()[0], {str(root)!r}, 1)\n")
+    # bash's `trap '' INT` ignores SIGINT, and the ignoring survives exec, as for a background job
+    process = subprocess.Popen(["bash", "-c", f"trap '' INT; exec {sys.executable} {runner}"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    folder = root / "runs" / study_plan()[0].name
+    try:
+        deadline = time.time() + 60
+        while not (folder / "started").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass  # still running: the runner did not hear the SIGINT (asserted below)
+    finally:
+        process.kill()
+    assert (folder / "checkpoint_on_interrupt").exists(), process.stdout.read()[-2000:]
 
 
 def test_a_run_inside_the_repository_gets_a_relative_output_dir(tmp_path, monkeypatch):

@@ -13,10 +13,9 @@ the same command resumes them and never redoes a finished run.
 """
 import argparse
 import os
-import signal
 import sys
 
-from mutualnet_det.study import REPO, run_study, study_plan, summarize
+from mutualnet_det.study import REPO, handle_stop_signals, run_study, study_plan, summarize
 
 
 def main():
@@ -39,17 +38,13 @@ def main():
         if unknown:
             parser.error(f"unknown run(s) {unknown}; the plan has {sorted(by_name)}")
         runs = [by_name[name] for name in args.runs]
-    signal.signal(signal.SIGTERM, stop_like_ctrl_c)  # e.g. `kill`: trainings save a checkpoint first
+    handle_stop_signals()  # Ctrl-C, `kill`, `kill -INT`: trainings save a checkpoint first
     summary = summarize(args.output, runs) if args.summarize_only else run_study(args.output, runs, args.jobs, commit=args.commit)
     if not summary:
         print(f"no finished runs yet in {args.output}")
         return
     print(open(os.path.join(args.output, "table.md")).read())
     print(f"{len(summary)} method groups; results in {args.output}")
-
-
-def stop_like_ctrl_c(signum, frame):
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
