@@ -89,7 +89,8 @@ def test_missing_initial_weights_fail_before_any_work_saying_what_to_do(tmp_path
     assert "Starting training" not in run.stdout + message
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_130_saying_how_to_resume_without_a_traceback(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_a_stopped_training_saves_a_checkpoint_and_exits_130_saying_how_to_resume(tmp_path, stop):
     write_tiny_coco(tmp_path / "datasets")
     env = {**os.environ, "DETECTRON2_DATASETS": str(tmp_path / "datasets"), "OMP_NUM_THREADS": "1",
            "PYTHONWARNINGS": "ignore"}
@@ -102,7 +103,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_saying_how_to_resume_without_a_
         output.append(line)
         if "Starting training from iteration" in line:
             time.sleep(3)  # a few iterations in
-            process.send_signal(signal.SIGINT)
+            process.send_signal(stop)
     assert process.wait(timeout=300) == 130, "".join(output)[-3000:]
     text = "".join(output)
     assert "Traceback" not in text

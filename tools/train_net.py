@@ -5,7 +5,11 @@
     python tools/train_net.py --config-file X --eval-only MODEL.WEIGHTS ckpt \
         MUTUALNET.TEST.WIDTHS "(1.0, 0.5)" MUTUALNET.TEST.RESOLUTION_SCALES "(1.0, 0.8)"
     python tools/train_net.py --config-file X --num-gpus 8   # Detectron2's launch
+
+Ctrl-C or SIGTERM (`kill`, a scheduler's pre-emption) saves a checkpoint and exits with 130;
+the same command with --resume continues from it.
 """
+import signal
 import sys
 
 import mutualnet_det  # registers backbones, meta-architecture, datasets  # noqa: F401
@@ -33,6 +37,8 @@ def setup(args):
 
 
 def main(args):
+    # in every launched process: SIGTERM stops training as Ctrl-C does (a checkpoint first)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     cfg = setup(args)
     if args.eval_only:
         model = MutualNetTrainer.build_model(cfg)
