@@ -31,7 +31,13 @@ for method in mutualnet usnet; do
     >> "$out/main.log" 2>&1 &
   pids+=($!)
 done
-trap 'kill ${pids[*]} 2>/dev/null' INT TERM
+stop() {  # the trainings save a checkpoint on SIGTERM (their SIGINT is ignored: background jobs of a script)
+  echo "[main] interrupted: the trainings save a checkpoint and stop; run the same command again to resume" >&2
+  kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+  exit 130
+}
+trap stop INT TERM
 while [ ${#pids[@]} -gt 0 ] && kill -0 "${pids[@]}" 2>/dev/null; do  # progress every minute
   sleep 60
   for method in mutualnet usnet; do

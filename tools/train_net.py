@@ -6,8 +6,9 @@
         MUTUALNET.TEST.WIDTHS "(1.0, 0.5)" MUTUALNET.TEST.RESOLUTION_SCALES "(1.0, 0.8)"
     python tools/train_net.py --config-file X --num-gpus 8   # Detectron2's launch
 
-Ctrl-C or SIGTERM (`kill`, a scheduler's pre-emption) saves a checkpoint and exits with 130;
-the same command with --resume continues from it.
+Ctrl-C, or SIGTERM to this process (`kill <pid>`), saves a checkpoint and exits with 130; the
+same command with --resume continues from it. (A SIGTERM to the whole process group also kills
+the DataLoader workers, torch's own handler, and training then stops without that checkpoint.)
 """
 import signal
 import sys
