@@ -199,15 +199,19 @@ def _repo_with_train_net(tmp_path, monkeypatch, script: str):
     return fake_repo
 
 
+# a stand-in for tools/train_net.py: says it started, then waits; on Ctrl-C "saves" and exits
+TRAINING_THAT_SAVES_ON_INTERRUPT = (
+    "import sys, time\n"
+    "out = sys.argv[sys.argv.index('OUTPUT_DIR') + 1]\n"
+    "open(out + '/started', 'w').close()\n"
+    "try:\n    time.sleep(60)\n"
+    "except KeyboardInterrupt:\n    open(out + '/checkpoint_on_interrupt', 'w').close()\n    sys.exit(1)\n")
+
+
 def test_train_and_sweep_passes_the_interrupt_on_to_its_training_and_keeps_the_time(tmp_path, monkeypatch):
     """A real child process (a stand-in for tools/train_net.py) gets one SIGINT and exits as
     train_net does after saving its checkpoint; the time spent is kept in seconds.json."""
-    fake_repo = _repo_with_train_net(tmp_path, monkeypatch,
-        "import sys, time\n"
-        "out = sys.argv[sys.argv.index('OUTPUT_DIR') + 1]\n"
-        "open(out + '/started', 'w').close()\n"
-        "try:\n    time.sleep(60)\n"
-        "except KeyboardInterrupt:\n    open(out + '/checkpoint_on_interrupt', 'w').close()\n    sys.exit(1)\n")
+    fake_repo = _repo_with_train_net(tmp_path, monkeypatch, TRAINING_THAT_SAVES_ON_INTERRUPT)
     root = tmp_path / "study"
     run = study_plan()[0]
     folder = root / "runs" / run.name
@@ -231,12 +235,7 @@ def test_a_study_started_in_the_background_still_stops_its_trainings_on_sigint(t
     """A script's `nohup python tools/study.py &` starts with SIGINT ignored, and so would the
     trainings it starts: `kill -INT` then did nothing. With handle_stop_signals the runner
     stops on it and its training gets the SIGINT it passes on (here: a real child process)."""
-    fake_repo = _repo_with_train_net(tmp_path, monkeypatch,
-        "import sys, time\n"
-        "out = sys.argv[sys.argv.index('OUTPUT_DIR') + 1]\n"
-        "open(out + '/started', 'w').close()\n"
-        "try:\n    time.sleep(60)\n"
-        "except KeyboardInterrupt:\n    open(out + '/checkpoint_on_interrupt', 'w').close()\n    sys.exit(1)\n")
+    fake_repo = _repo_with_train_net(tmp_path, monkeypatch, TRAINING_THAT_SAVES_ON_INTERRUPT)
     root = tmp_path / "study"
     runner = tmp_path / "runner.py"
     runner.write_text(
