@@ -178,13 +178,17 @@ def commit_run(root: str, run: StudyRun, message: str) -> None:
                f"git add {' '.join(paths)} && git commit -m '{message}'")
 
 
-def run_study(root: str, runs: List[StudyRun], jobs: int = 1, commit: bool = False, train=None) -> Dict:
+def run_study(root: str, runs: List[StudyRun], jobs: int = 1, commit: bool = False, train=None,
+              plan: List[StudyRun] = None) -> Dict:
     """Train and sweep every run not done yet (`jobs` at a time, one thread each when > 1),
     then summarize. Interrupted (Ctrl-C, SIGTERM): the running trainings save a checkpoint; run
     again, finished runs are skipped, others resume. A failed run is reported and the others go on.
     commit: commit each run's results (git) as soon as it finishes.
-    train: (run, root, threads) -> seconds; `train_and_sweep` unless replaced (tests)."""
+    train: (run, root, threads) -> seconds; `train_and_sweep` unless replaced (tests).
+    plan: the runs the summary covers when finished (default `runs`): all of the study's, also
+    when only some of them are trained now."""
     train = train or train_and_sweep
+    plan = plan or runs
     _STOP.clear()
     os.makedirs(root, exist_ok=True)
     timings_path = os.path.join(root, "timings.json")
@@ -206,7 +210,7 @@ def run_study(root: str, runs: List[StudyRun], jobs: int = 1, commit: bool = Fal
         minutes = seconds / 60
         tqdm.write(f"{run.name}: finished in {minutes:.1f} min")
         if commit:
-            _summarize_quietly(root, runs)
+            _summarize_quietly(root, plan)
             commit_run(root, run, f"Study: {run.name} finished ({minutes:.0f} min)")
 
     todo, failed = [], []
@@ -245,7 +249,7 @@ def run_study(root: str, runs: List[StudyRun], jobs: int = 1, commit: bool = Fal
             save_timings()
     if failed:
         raise RuntimeError(f"study runs failed: {failed} (the others finished; run the study again to retry)")
-    return summarize(root, runs)
+    return summarize(root, plan)
 
 
 def _summarize_quietly(root: str, runs: List[StudyRun]) -> None:

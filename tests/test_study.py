@@ -88,6 +88,27 @@ def test_resumes_without_redoing_finished_runs_and_commits_each_as_it_finishes(t
     assert len(trained) == 2 and git(repo, "rev-parse", "HEAD") == head
 
 
+def test_training_some_runs_summarizes_every_finished_run_of_the_plan(tmp_path, monkeypatch):
+    """`tools/study.py --runs usnet_distill_seed1` once rewrote table.md, report.md and the plots
+    with that one run: the summary must cover the plan's other finished runs too."""
+    root = str(tmp_path)
+    plan = study_plan()
+    finished_before = plan[0]
+    os.makedirs(os.path.dirname(sweep_path(root, finished_before)))
+    open(sweep_path(root, finished_before), "w").write("[]")
+    summarized = []
+    monkeypatch.setattr(study, "summarize", lambda root_, runs_: summarized.append(
+        [r.name for r in runs_ if os.path.isfile(sweep_path(root_, r))]) or {})
+
+    def fake_train(run, root_, threads):
+        os.makedirs(os.path.dirname(sweep_path(root_, run)), exist_ok=True)
+        open(sweep_path(root_, run), "w").write("[]")
+        return 1.0
+
+    run_study(root, [plan[3]], train=fake_train, plan=plan)
+    assert summarized[-1] == [finished_before.name, plan[3].name]
+
+
 def row(width, scale, gflops, ap_seeds, mask_seeds=None, aps=(1.0,), apl=(2.0,)):
     """A results.json row with per-seed values (means computed here, as summarize does)."""
     def metrics(ap, small, large):

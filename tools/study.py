@@ -5,7 +5,7 @@
                                            # (2 runs at a time, one CPU thread each: --jobs)
     python tools/study.py --summarize-only # rebuild the table and plot from finished runs
     python tools/study.py --slimmable-heads # also MutualNet with slimmable heads (2 runs more)
-    python tools/study.py --runs mutualnet_seed1 usnet_seed1 --output DIR  # a subset of the plan
+    python tools/study.py --runs mutualnet_seed1 usnet_seed1 --output DIR  # train a subset of the plan
     python tools/study.py --commit         # commit each run's results (git) as it finishes
 
 Interrupted (Ctrl-C, or SIGTERM from `kill`)? The running trainings save a checkpoint and stop;
@@ -31,7 +31,7 @@ def main():
     parser.add_argument("--commit", action="store_true",
                         help="commit each finished run's results and timings.json (git) as it completes")
     args = parser.parse_args()
-    runs = study_plan(slimmable_heads=args.slimmable_heads)
+    plan = runs = study_plan(slimmable_heads=args.slimmable_heads)
     if args.runs:
         by_name = {run.name: run for run in runs}
         unknown = [name for name in args.runs if name not in by_name]
@@ -39,7 +39,9 @@ def main():
             parser.error(f"unknown run(s) {unknown}; the plan has {sorted(by_name)}")
         runs = [by_name[name] for name in args.runs]
     handle_stop_signals()  # Ctrl-C, `kill`, `kill -INT`: trainings save a checkpoint first
-    summary = summarize(args.output, runs) if args.summarize_only else run_study(args.output, runs, args.jobs, commit=args.commit)
+    # the summary covers every finished run of the plan in the output folder, not only those named
+    summary = (summarize(args.output, plan) if args.summarize_only
+               else run_study(args.output, runs, args.jobs, commit=args.commit, plan=plan))
     if not summary:
         print(f"no finished runs yet in {args.output}")
         return
