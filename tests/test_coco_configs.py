@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -97,14 +98,23 @@ def test_a_stopped_training_saves_a_checkpoint_and_exits_130_saying_how_to_resum
     command = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file",
                os.path.join(REPO, "configs", "COCO-InstanceSegmentation", CONFIGS[0]), *SMALL,
                "SOLVER.MAX_ITER", "1000", "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path / "out")]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    # SIGINT as a terminal gives it, also when this test runs where it is ignored (nohup ... &)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               cwd=REPO, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    watchdog = threading.Timer(300, process.kill)  # a training that does not stop fails, not hangs
+    watchdog.start()
     output = []
-    for line in process.stdout:
-        output.append(line)
-        if "Starting training from iteration" in line:
-            time.sleep(3)  # a few iterations in
-            process.send_signal(stop)
-    assert process.wait(timeout=300) == 130, "".join(output)[-3000:]
+    try:
+        for line in process.stdout:
+            output.append(line)
+            if "Starting training from iteration" in line:
+                time.sleep(3)  # a few iterations in
+                process.send_signal(stop)
+        process.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+        process.kill()
+    assert process.returncode == 130, "".join(output)[-3000:]
     text = "".join(output)
     assert "Traceback" not in text
     assert "interrupted; run the same command with --resume to continue" in text

@@ -1,5 +1,6 @@
 """The study runner: the plan of study v2, resuming without redoing finished runs, and each
 finished run committed (results, not checkpoints) as it completes."""
+import contextlib
 import json
 import os
 import signal
@@ -105,7 +106,10 @@ def test_training_some_runs_summarizes_every_finished_run_of_the_plan(tmp_path, 
         open(sweep_path(root_, run), "w").write("[]")
         return 1.0
 
-    run_study(root, [plan[3]], train=fake_train, plan=plan)
+    committed = []
+    monkeypatch.setattr(study, "commit_run", lambda root_, run, message: committed.append(list(summarized[-1])))
+    run_study(root, [plan[3]], train=fake_train, commit=True, plan=plan)
+    assert committed == [[finished_before.name, plan[3].name]]  # the summary committed with the run
     assert summarized[-1] == [finished_before.name, plan[3].name]
 
 
@@ -222,9 +226,9 @@ def _repo_with_train_net(tmp_path, monkeypatch, script: str):
 
 # a stand-in for tools/train_net.py: says it started, then waits; on Ctrl-C "saves" and exits
 TRAINING_THAT_SAVES_ON_INTERRUPT = (
-    "import sys, time\n"
+    "import os, sys, time\n"
     "out = sys.argv[sys.argv.index('OUTPUT_DIR') + 1]\n"
-    "open(out + '/started', 'w').close()\n"
+    "open(out + '/started', 'w').write(str(os.getpid()))\n"
     "try:\n    time.sleep(60)\n"
     "except KeyboardInterrupt:\n    open(out + '/checkpoint_on_interrupt', 'w').close()\n    sys.exit(1)\n")
 
@@ -280,6 +284,9 @@ def test_a_study_started_in_the_background_still_stops_its_trainings_on_sigint(t
         pass  # still running: the runner did not hear the SIGINT (asserted below)
     finally:
         process.kill()
+        if (folder / "started").exists():  # the stand-in training runs in a session of its own
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int((folder / "started").read_text()), signal.SIGKILL)
     assert (folder / "checkpoint_on_interrupt").exists(), process.stdout.read()[-2000:]
 
 

@@ -19,6 +19,18 @@ out_dir() {  # the config's own OUTPUT_DIR (one place names it)
   echo "$dir"
 }
 pids=()
+stop() {  # the trainings save a checkpoint on SIGTERM (their SIGINT is ignored: background jobs of a script)
+  trap '' INT TERM  # once: a second Ctrl-C must not interrupt the checkpoints being saved
+  if [ ${#pids[@]} -gt 0 ]; then
+    echo "[main] interrupted: the trainings save a checkpoint and stop; run the same command again to resume" >&2
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+  else
+    echo "[main] interrupted; run the same command again to resume (finished steps are skipped)" >&2
+  fi
+  exit 130
+}
+trap stop INT TERM
 for method in mutualnet usnet; do
   out=$(out_dir $method)
   if [ -f "$out/inference/shapes_val/width_sweep.json" ] && [ -f "$out/model_final.pth" ]; then
@@ -31,15 +43,8 @@ for method in mutualnet usnet; do
     >> "$out/main.log" 2>&1 &
   pids+=($!)
 done
-stop() {  # the trainings save a checkpoint on SIGTERM (their SIGINT is ignored: background jobs of a script)
-  echo "[main] interrupted: the trainings save a checkpoint and stop; run the same command again to resume" >&2
-  kill -TERM "${pids[@]}" 2>/dev/null || true
-  wait "${pids[@]}" 2>/dev/null || true
-  exit 130
-}
-trap stop INT TERM
 while [ ${#pids[@]} -gt 0 ] && kill -0 "${pids[@]}" 2>/dev/null; do  # progress every minute
-  sleep 60
+  sleep 60 & wait $! || true  # a trap runs at once, not after the sleep
   for method in mutualnet usnet; do
     line=$(grep -ohE "iter: [0-9]+ .*total_loss: [0-9.]+|Calibrated BN statistics for .*|Evaluated [0-9]+ configurations|Overall training speed.*" \
       "$(out_dir $method)/main.log" 2>/dev/null | tail -1 | cut -c1-90) || true
@@ -49,6 +54,7 @@ done
 for pid in "${pids[@]}"; do
   wait "$pid" || { echo "[main] a training failed: see $(out_dir mutualnet)/main.log and $(out_dir usnet)/main.log" >&2; exit 1; }
 done
+pids=()
 echo "[main] query tables"
 for method in mutualnet usnet; do
   $PY tools/query_table.py "$(out_dir $method)/inference/shapes_val/width_sweep.json"

@@ -21,7 +21,8 @@ from mutualnet_det.study import REPO, handle_stop_signals, run_study, study_plan
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "study"))
-    parser.add_argument("--summarize-only", action="store_true")
+    parser.add_argument("--summarize-only", action="store_true",
+                        help="rebuild table, report and plots from every finished run of the plan (whatever --runs says)")
     parser.add_argument("--jobs", type=int, default=2,
                         help="runs trained at once, one CPU thread each (2 suits a 2-core machine)")
     parser.add_argument("--slimmable-heads", action="store_true",

@@ -6,9 +6,10 @@
         MUTUALNET.TEST.WIDTHS "(1.0, 0.5)" MUTUALNET.TEST.RESOLUTION_SCALES "(1.0, 0.8)"
     python tools/train_net.py --config-file X --num-gpus 8   # Detectron2's launch
 
-Ctrl-C, or SIGTERM to this process (`kill <pid>`), saves a checkpoint and exits with 130; the
-same command with --resume continues from it. (A SIGTERM to the whole process group also kills
-the DataLoader workers, torch's own handler, and training then stops without that checkpoint.)
+In one process (no --num-gpus > 1), Ctrl-C or SIGTERM to this process (`kill <pid>`) saves a
+checkpoint and exits with 130; the same command with --resume continues from it. (A SIGTERM to
+the whole process group also kills the DataLoader workers, torch's own handler, and training
+then stops without that checkpoint. With several processes, stopping is Detectron2's and torch's.)
 """
 import signal
 import sys
@@ -38,8 +39,9 @@ def setup(args):
 
 
 def main(args):
-    # in every launched process: SIGTERM stops training as Ctrl-C does (a checkpoint first)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    if comm.get_world_size() == 1:  # one process: SIGTERM stops training as Ctrl-C does (a checkpoint
+        # first); with several, torch's launcher stops the others with SIGTERM when one fails
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     cfg = setup(args)
     if args.eval_only:
         model = MutualNetTrainer.build_model(cfg)
@@ -58,5 +60,6 @@ if __name__ == "__main__":
     except (ValueError, KeyError, CheckpointError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:  # CheckpointOnInterrupt has saved and said so: no traceback
-        print("interrupted; run the same command with --resume to continue", file=sys.stderr)
+        print("interrupted" if args.eval_only else "interrupted; run the same command with --resume to continue",
+              file=sys.stderr)
         sys.exit(130)

@@ -1,8 +1,11 @@
 """`MutualNetTrainer`: Detectron2's DefaultTrainer with the sandwich step, BN calibration after
 training, and a width sweep as its evaluation."""
+import contextlib
 import functools
 import logging
+import signal
 import sys
+import threading
 import weakref
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -69,8 +72,23 @@ class CheckpointOnInterrupt(HookBase):
     def after_train(self):
         interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
         if interrupted and self.trainer.iter + 1 < self.trainer.max_iter and comm.is_main_process():
-            self.trainer.checkpointer.save(f"model_{self.trainer.iter:07d}", iteration=self.trainer.iter)
+            with _signals_ignored(signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not truncate it
+                self.trainer.checkpointer.save(f"model_{self.trainer.iter:07d}", iteration=self.trainer.iter)
             logger.info(f"Interrupted at iteration {self.trainer.iter}: checkpoint saved; continue with --resume")
+
+
+@contextlib.contextmanager
+def _signals_ignored(*signums):
+    """Ignore these signals inside the block (main thread only: elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class MutualNetTrainer(DefaultTrainer):
