@@ -85,11 +85,7 @@ def handle_stop_signals() -> None:
     trainings ignore the SIGINT it sends them. A handled SIGINT is reset to the default on exec,
     so the trainings get Python's KeyboardInterrupt again. Main thread only (Python's rule)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-
-
-def _raise_keyboard_interrupt(signum, frame):
-    raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # raises KeyboardInterrupt for any signal
 
 
 class StudyInterrupted(Exception):
