@@ -8,7 +8,7 @@ MutualNet is trained with the same config (configs/Study/Base-Study.yaml as it i
 float32 and with SOLVER.AMP.ENABLED True; both end with their width sweep. The float32 runs have
 the study's names and command lines ("mutualnet_seed<n>"): pointing --output at a study trained
 with the current config reuses its runs; the default folder trains its own (runs trained with an
-older config, e.g. benchmarks/study_faithful's or study_192px's, must not be mixed with a new AMP run). Parity at a width: |AMP -
+older config, e.g. benchmarks/study_faithful's or benchmarks/study_192px's, must not be mixed with a new AMP run). Parity at a width: |AMP -
 float32| box AP at scale 1.0 (same seed) within the float32 seed spread (max - min), or within
 1.5 AP with one seed. Writes amp_parity.{json,md} into --output.
 """
