@@ -144,6 +144,17 @@ def train_and_sweep(run: StudyRun, root: str, threads: int = 0) -> float:
     return seconds
 
 
+def machine_description() -> str:
+    """CPU kind, instruction set torch uses and core count: wall times of runs trained on different
+    machines (e.g. AVX2 vs AVX-512) are not comparable, so every invocation records its machine."""
+    import platform
+
+    import torch
+
+    return (f"{platform.processor() or platform.machine()}, torch CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores")
+
+
 def load_timings(path: str) -> Dict:
     """timings.json: seconds per finished run, their sum, and the wall time of every invocation."""
     timings = json.load(open(path)) if os.path.isfile(path) else {}
@@ -189,7 +200,8 @@ def run_study(root: str, runs: List[StudyRun], jobs: int = 1, commit: bool = Fal
     os.makedirs(root, exist_ok=True)
     timings_path = os.path.join(root, "timings.json")
     timings = load_timings(timings_path)
-    started, invocation = time.perf_counter(), {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": []}
+    started = time.perf_counter()
+    invocation = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_description(), "runs": []}
     timings["invocations"].append(invocation)
 
     def save_timings():

@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 import mutualnet_det.study as study
 from mutualnet_det.study import run_study, study_plan, sweep_path
@@ -213,6 +214,7 @@ def test_an_interrupted_study_stops_its_trainings_starts_no_more_and_keeps_its_w
     assert sorted(started) == ["mutualnet_seed1", "usnet_seed1"] and stopped == [True, True]  # no third
     (invocation,) = json.load(open(tmp_path / "timings.json"))["invocations"]
     assert invocation["runs"] == [] and invocation["wall_seconds"] >= 0.5
+    assert torch.backends.cpu.get_cpu_capability() in invocation["machine"]
 
 
 def _repo_with_train_net(tmp_path, monkeypatch, script: str):
