@@ -3,11 +3,17 @@ median and spread of repeats). Used by tools/benchmark.py; ratios, not absolute 
 the point: they are measured in one run on one machine."""
 import json
 import os
+import platform
 import statistics
 import time
 from typing import Callable, Dict
 
 import torch
+
+
+def cpu_description() -> str:
+    """The CPU as reports name it (kind and core count): absolute timings compare only on one machine."""
+    return f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()}"
 
 
 def synchronize(device) -> None:

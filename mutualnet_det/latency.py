@@ -36,7 +36,6 @@ import datetime
 import itertools
 import json
 import os
-import platform
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -44,7 +43,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .benchmark import time_call
+from .benchmark import cpu_description, time_call
 from .bn_calibration import bn_layers, use_configuration
 from .data.rescale import scaled_test_input
 from .evaluation.query_table import metric_of, pareto_front
@@ -212,7 +211,7 @@ def profile_latency(cfg, model: nn.Module, sweep: Sequence[Dict], images: Sequen
               for count in thread_counts}
     return {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU x{os.cpu_count()}",
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description(),
         "torch_threads": thread_counts[-1],
         "load_average_at_start": load_average_at_start,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -17,8 +17,10 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Dict, List
 
+import torch
 from tqdm import tqdm
 
+from .benchmark import cpu_description
 from .evaluation import study_report
 from .evaluation.plots import plot_tradeoff
 
@@ -145,14 +147,9 @@ def train_and_sweep(run: StudyRun, root: str, threads: int = 0) -> float:
 
 
 def machine_description() -> str:
-    """CPU kind, instruction set torch uses and core count: wall times of runs trained on different
-    machines (e.g. AVX2 vs AVX-512) are not comparable, so every invocation records its machine."""
-    import platform
-
-    import torch
-
-    return (f"{platform.processor() or platform.machine()}, torch CPU capability "
-            f"{torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores")
+    """The CPU and the instruction set torch uses: wall times of runs trained on different machines
+    (e.g. AVX2 vs AVX-512) are not comparable, so every invocation records its machine."""
+    return f"{cpu_description()}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
 
 
 def load_timings(path: str) -> Dict:

@@ -14,7 +14,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -26,7 +25,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
 from mutualnet_det import add_mutualnet_config, freeze_width
-from mutualnet_det.benchmark import time_call, write_report
+from mutualnet_det.benchmark import cpu_description, time_call, write_report
 from mutualnet_det.bn_calibration import calibration_batches, use_configuration
 from mutualnet_det.checkpoint import load_weights
 from mutualnet_det.data.rescale import scaled_test_input
@@ -275,7 +274,7 @@ def main():
 
 def device_description(device):
     return torch.cuda.get_device_name(device) if device.startswith("cuda") else \
-        f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()} (torch threads {torch.get_num_threads()})"
+        f"{cpu_description()} (torch threads {torch.get_num_threads()})"
 
 
 if __name__ == "__main__":
