@@ -5,6 +5,7 @@ Every run trains with tools/train_net.py in its own process (so a crash or inter
 most the current run, which then resumes from its last checkpoint) and ends with its width sweep.
 `summarize` gathers the sweeps into one JSON, a Markdown table and the trade-off plot.
 """
+import functools
 import json
 import os
 import signal
@@ -94,7 +95,7 @@ class StudyInterrupted(Exception):
     pass
 
 
-def train_and_sweep(run: StudyRun, root: str, threads: int = 0) -> float:
+def train_and_sweep(run: StudyRun, root: str, threads: int = 0, config_file: str = STUDY_CONFIG) -> float:
     """Train one run (resuming if interrupted) and sweep it; returns its seconds over every
     invocation (kept in runs/<name>/seconds.json, updated every minute, so an interrupted run's
     time counts). Its output goes to runs/<name>/study.log; `threads` > 0 limits its CPU threads."""
@@ -111,7 +112,7 @@ def train_and_sweep(run: StudyRun, root: str, threads: int = 0) -> float:
     # the demo reads to find model_final.pth, then holds no path of this machine's checkout
     inside_repo = os.path.commonpath([os.path.abspath(folder), REPO]) == REPO
     output_dir = os.path.relpath(folder, REPO) if inside_repo else os.path.abspath(folder)
-    command = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", STUDY_CONFIG,
+    command = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", config_file,
                "--resume", "OUTPUT_DIR", output_dir, "SEED", str(run.seed),
                "MUTUALNET.TRAIN.COHORT_SEED", str(run.seed), *run.overrides]
     log_path = os.path.join(folder, "study.log")
@@ -183,20 +184,26 @@ def commit_run(root: str, run: StudyRun, message: str) -> None:
 
 
 def run_study(root: str, runs: List[StudyRun], jobs: int = 1, commit: bool = False, train=None,
-              plan: List[StudyRun] = None) -> Dict:
+              plan: List[StudyRun] = None, config_file: str = STUDY_CONFIG) -> Dict:
     """Train and sweep every run not done yet (`jobs` at a time, one thread each when > 1),
     then summarize. Interrupted (Ctrl-C, SIGTERM): the running trainings save a checkpoint; run
     again, finished runs are skipped, others resume. A failed run is reported and the others go on.
     commit: commit each run's results (git) as soon as it finishes.
     train: (run, root, threads) -> seconds; `train_and_sweep` unless replaced (tests).
     plan: the runs the summary covers when finished (default `runs`): all of the study's, also
-    when only some of them are trained now."""
-    train = train or train_and_sweep
+    when only some of them are trained now.
+    config_file: every run's config; a study folder keeps the one it was started with (timings.json)
+    and refuses another, so that no study mixes runs of two configs."""
+    train = train or functools.partial(train_and_sweep, config_file=config_file)
     plan = plan or runs
     _STOP.clear()
     os.makedirs(root, exist_ok=True)
     timings_path = os.path.join(root, "timings.json")
     timings = load_timings(timings_path)
+    config_name = os.path.relpath(os.path.abspath(config_file), REPO)
+    if timings.setdefault("config", config_name) != config_name:
+        raise ValueError(f"{root} is a study of {timings['config']}, not of {config_name}: resume it with "
+                         f"--config-file {timings['config']}, or give this config its own --output folder")
     started = time.perf_counter()
     invocation = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_description(), "runs": []}
     timings["invocations"].append(invocation)

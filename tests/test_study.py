@@ -175,6 +175,31 @@ def test_summarize_writes_the_report_and_its_plots(tmp_path):
     assert "box APm" in (tmp_path / "table.md").read_text()
 
 
+def test_a_study_folder_trains_every_run_with_its_config_and_refuses_another(tmp_path, monkeypatch):
+    """--config-file reaches every run's training; a folder started with one config must not get
+    runs of another (a converged-schedule study beside the 1,800-iteration one)."""
+    root = str(tmp_path / "study")
+    configs = []
+
+    def fake_train_and_sweep(run, root_, threads, config_file):
+        configs.append(config_file)
+        os.makedirs(os.path.dirname(sweep_path(root_, run)), exist_ok=True)
+        open(sweep_path(root_, run), "w").write("[]")
+        return 1.0
+
+    monkeypatch.setattr(study, "train_and_sweep", fake_train_and_sweep)
+    monkeypatch.setattr(study, "summarize", lambda root_, runs_: {})
+    first, other = (os.path.join(study.REPO, "configs", "Study", name) for name in ("A.yaml", "B.yaml"))
+    run_study(root, study_plan()[:1], config_file=first)
+    assert configs == [first]
+    assert json.load(open(os.path.join(root, "timings.json")))["config"] == os.path.join("configs", "Study", "A.yaml")
+    with pytest.raises(ValueError, match=r"study of configs/Study/A.yaml, not of configs/Study/B.yaml"):
+        run_study(root, study_plan()[1:2], config_file=other)
+    assert configs == [first]  # nothing trained with the other config
+    run_study(root, study_plan()[1:2], config_file=first)  # the same config resumes the folder
+    assert configs == [first, first]
+
+
 def test_a_failed_run_does_not_stop_the_others_and_is_reported(tmp_path, monkeypatch):
     runs = study_plan()[:3]
 

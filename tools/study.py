@@ -7,6 +7,8 @@
     python tools/study.py --slimmable-heads # also MutualNet with slimmable heads (2 runs more)
     python tools/study.py --runs mutualnet_seed1 usnet_seed1 --output DIR  # train a subset of the plan
     python tools/study.py --commit         # commit each run's results (git) as it finishes
+    python tools/study.py --config-file configs/Study/Converged-Study.yaml --output benchmarks/study_converged
+                                           # the same plan with another config, in its own folder
 
 Interrupted (Ctrl-C, or SIGTERM from `kill`)? The running trainings save a checkpoint and stop;
 the same command resumes them and never redoes a finished run.
@@ -15,12 +17,14 @@ import argparse
 import os
 import sys
 
-from mutualnet_det.study import REPO, handle_stop_signals, run_study, study_plan, summarize
+from mutualnet_det.study import REPO, STUDY_CONFIG, handle_stop_signals, run_study, study_plan, summarize
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "study"))
+    parser.add_argument("--config-file", default=STUDY_CONFIG,
+                        help="every run's config (a study folder keeps the one it was started with)")
     parser.add_argument("--summarize-only", action="store_true",
                         help="rebuild table, report and plots from every finished run of the plan (whatever --runs says)")
     parser.add_argument("--jobs", type=int, default=2,
@@ -32,6 +36,8 @@ def main():
     parser.add_argument("--commit", action="store_true",
                         help="commit each finished run's results and timings.json (git) as it completes")
     args = parser.parse_args()
+    if not os.path.isfile(args.config_file):
+        parser.error(f"no config file {args.config_file} (the studies' configs are in configs/Study/)")
     plan = runs = study_plan(slimmable_heads=args.slimmable_heads)
     if args.runs:
         by_name = {run.name: run for run in runs}
@@ -42,7 +48,8 @@ def main():
     handle_stop_signals()  # Ctrl-C, `kill`, `kill -INT`: trainings save a checkpoint first
     # the summary covers every finished run of the plan in the output folder, not only those named
     summary = (summarize(args.output, plan) if args.summarize_only
-               else run_study(args.output, runs, args.jobs, commit=args.commit, plan=plan))
+               else run_study(args.output, runs, args.jobs, commit=args.commit, plan=plan,
+                           config_file=args.config_file))
     if not summary:
         print(f"no finished runs yet in {args.output}")
         return
