@@ -49,7 +49,7 @@ def main():
     # the summary covers every finished run of the plan in the output folder, not only those named
     summary = (summarize(args.output, plan) if args.summarize_only
                else run_study(args.output, runs, args.jobs, commit=args.commit, plan=plan,
-                           config_file=args.config_file))
+                              config_file=args.config_file))
     if not summary:
         print(f"no finished runs yet in {args.output}")
         return
