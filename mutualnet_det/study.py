@@ -161,6 +161,15 @@ def load_timings(path: str) -> Dict:
     return {"runs": {}, "invocations": [], **timings}
 
 
+def claim_config(timings: Dict, root: str, config_file: str) -> None:
+    """A study folder holds runs of one config: record `config_file` in its timings (first use)
+    or raise if the folder was started with another one."""
+    config_name = os.path.relpath(os.path.abspath(config_file), REPO)
+    if timings.setdefault("config", config_name) != config_name:
+        raise ValueError(f"{root} is a study of {timings['config']}, not of {config_name}: use "
+                         f"{timings['config']} with this folder, or give {config_name} its own --output folder")
+
+
 SUMMARY_FILES = ("results.json", "table.md", "report.md", "tradeoff.png", "distillation.png", "object_sizes.png")
 
 
@@ -200,10 +209,7 @@ def run_study(root: str, runs: List[StudyRun], jobs: int = 1, commit: bool = Fal
     os.makedirs(root, exist_ok=True)
     timings_path = os.path.join(root, "timings.json")
     timings = load_timings(timings_path)
-    config_name = os.path.relpath(os.path.abspath(config_file), REPO)
-    if timings.setdefault("config", config_name) != config_name:
-        raise ValueError(f"{root} is a study of {timings['config']}, not of {config_name}: resume it with "
-                         f"--config-file {timings['config']}, or give this config its own --output folder")
+    claim_config(timings, root, config_file)
     started = time.perf_counter()
     invocation = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_description(), "runs": []}
     timings["invocations"].append(invocation)

@@ -14,6 +14,7 @@ import torch
 
 import mutualnet_det.study as study
 from mutualnet_det.study import run_study, study_plan, sweep_path
+from tools_loader import load_tool
 
 
 def overrides(run):
@@ -198,6 +199,22 @@ def test_a_study_folder_trains_every_run_with_its_config_and_refuses_another(tmp
     assert configs == [first]  # nothing trained with the other config
     run_study(root, study_plan()[1:2], config_file=first)  # the same config resumes the folder
     assert configs == [first, first]
+
+
+def test_amp_parity_refuses_a_study_folder_of_another_config(tmp_path, monkeypatch, capsys):
+    """amp_parity.py trains on Base-Study.yaml and reuses a folder's float32 runs: a converged-
+    schedule study folder must be refused before anything is trained into it."""
+    root = tmp_path / "study_converged"
+    root.mkdir()
+    (root / "timings.json").write_text(json.dumps({"runs": {}, "config": "configs/Study/Converged-Study.yaml"}))
+    amp_parity = load_tool("amp_parity")
+    trained = []
+    monkeypatch.setattr(amp_parity, "train_and_sweep", lambda run, root_: trained.append(run.name))
+    monkeypatch.setattr(sys, "argv", ["amp_parity.py", "--output", str(root)])
+    with pytest.raises(SystemExit) as exit_info:
+        amp_parity.main()
+    assert exit_info.value.code == 2 and trained == []
+    assert "study of configs/Study/Converged-Study.yaml, not of configs/Study/Base-Study.yaml" in capsys.readouterr().err
 
 
 def test_a_failed_run_does_not_stop_the_others_and_is_reported(tmp_path, monkeypatch):

@@ -7,8 +7,10 @@
 MutualNet is trained with the same config (configs/Study/Base-Study.yaml as it is now) and seed in
 float32 and with SOLVER.AMP.ENABLED True; both end with their width sweep. The float32 runs have
 the study's names and command lines ("mutualnet_seed<n>"): pointing --output at a study trained
-with the current config reuses its runs; the default folder trains its own (runs trained with an
-older config, e.g. benchmarks/study_faithful's or benchmarks/study_192px's, must not be mixed with a new AMP run). Parity at a width: |AMP -
+with the current config reuses its runs; the default folder trains its own. A folder whose
+timings.json records another config (e.g. benchmarks/study_converged) is refused; runs trained with
+an older Base-Study (benchmarks/study_faithful's, benchmarks/study_192px's) must not be mixed with
+a new AMP run either. Parity at a width: |AMP -
 float32| box AP at scale 1.0 (same seed) within the float32 seed spread (max - min), or within
 1.5 AP with one seed. Writes amp_parity.{json,md} into --output.
 """
@@ -18,7 +20,7 @@ import os
 
 from tqdm import tqdm
 
-from mutualnet_det.study import REPO, StudyRun, sweep_path, train_and_sweep
+from mutualnet_det.study import REPO, STUDY_CONFIG, StudyRun, claim_config, load_timings, sweep_path, train_and_sweep
 
 MUTUALNET = ("MUTUALNET.TRAIN.METHOD", "mutualnet", "MUTUALNET.TRAIN.INPLACE_DISTILL", "False")
 ONE_SEED_TOLERANCE = 1.5  # box AP
@@ -54,6 +56,10 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="float32 seeds (seed 1 is always one)")
     args = parser.parse_args()
     runs = parity_plan([1] + sorted(set(args.seeds) - {1}))
+    try:  # float32 runs of a study folder are reused only if it was trained with the same config
+        claim_config(load_timings(os.path.join(args.output, "timings.json")), args.output, STUDY_CONFIG)
+    except ValueError as error:
+        parser.error(str(error))
     for run in tqdm(runs, desc="parity runs"):
         if not os.path.isfile(sweep_path(args.output, run)):
             train_and_sweep(run, args.output)

@@ -17,7 +17,8 @@ import argparse
 import os
 import sys
 
-from mutualnet_det.study import REPO, STUDY_CONFIG, handle_stop_signals, run_study, study_plan, summarize
+from mutualnet_det.study import (REPO, STUDY_CONFIG, claim_config, handle_stop_signals, load_timings, run_study,
+                                 study_plan, summarize)
 
 
 def main():
@@ -38,6 +39,10 @@ def main():
     args = parser.parse_args()
     if not os.path.isfile(args.config_file):
         parser.error(f"no config file {args.config_file} (the studies' configs are in configs/Study/)")
+    try:  # checked again by run_study; here it is a usage error, not a traceback
+        claim_config(load_timings(os.path.join(args.output, "timings.json")), args.output, args.config_file)
+    except ValueError as error:
+        parser.error(str(error))
     plan = runs = study_plan(slimmable_heads=args.slimmable_heads)
     if args.runs:
         by_name = {run.name: run for run in runs}
