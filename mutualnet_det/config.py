@@ -14,6 +14,10 @@ PAPER_RESOLUTION_SCALES = (1.0, 192 / 224, 160 / 224, 128 / 224)
 def add_mutualnet_config(cfg):
     """Add the MUTUALNET node (with defaults) to a Detectron2 config."""
     _C = cfg
+    # Periodic checkpoints kept per run (older ones deleted as new ones are saved; model_final and
+    # an interrupt's checkpoint are never deleted); 0 keeps all, as Detectron2 does. Only resuming
+    # needs them, and a 4,050-iteration study run saving every 100 would fill 5.5 GB.
+    _C.SOLVER.CHECKPOINT_MAX_TO_KEEP = 0
     _C.MUTUALNET = CN()
     # (narrowest, widest) backbone width multiplier the model is trained for; 0 < narrowest <= widest <= 1.
     _C.MUTUALNET.WIDTH_RANGE = DEFAULT_WIDTH_RANGE
@@ -84,6 +88,8 @@ def _check_scales(key, scales):
 
 def validate_mutualnet_config(cfg):
     """Raise ValueError naming the key, the value and what is accepted, before any work starts."""
+    if cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP < 0:
+        raise ValueError(f"SOLVER.CHECKPOINT_MAX_TO_KEEP={cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP} must be >= 0 (0 keeps all)")
     node = cfg.MUTUALNET
     width_range = validate_width_range(node.WIDTH_RANGE)
     if node.CHANNEL_DIVISOR < 1:

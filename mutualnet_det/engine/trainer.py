@@ -118,10 +118,12 @@ class MutualNetTrainer(DefaultTrainer):
 
     def build_hooks(self):
         hook_list = super().build_hooks()
-        calibration = BNCalibrationHook(self.cfg)
         position = next((i for i, h in enumerate(hook_list) if isinstance(h, hooks.PeriodicCheckpointer)),
                         len(hook_list))
-        hook_list.insert(position, calibration)  # the final checkpoint then holds the bank
+        if position < len(hook_list) and self.cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP:  # main process only
+            hook_list[position] = hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD,
+                                                             max_to_keep=self.cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP)
+        hook_list.insert(position, BNCalibrationHook(self.cfg))  # the final checkpoint then holds the bank
         return hook_list + [CheckpointOnInterrupt()]
 
     @classmethod

@@ -37,6 +37,21 @@ def test_resume_continues_at_the_saved_iteration_with_the_same_cohorts(tmp_path)
     assert max(iterations) == 3
 
 
+def test_checkpoint_max_to_keep_deletes_the_oldest_periodic_checkpoints(tmp_path):
+    """Every 2 iterations of 8 saves 1, 3, 5, 7: keeping 2 leaves 5 and 7 (and model_final); 0
+    keeps all four, Detectron2's behaviour."""
+    for keep, expected in ((2, [5, 7]), (0, [1, 3, 5, 7])):
+        output = tmp_path / f"keep{keep}"
+        cfg = tiny_training_cfg(output, 8)
+        cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP = keep
+        MutualNetTrainer(cfg).train()
+        saved = sorted(name for name in os.listdir(output) if name.endswith(".pth"))
+        assert saved == [f"model_{i:07d}.pth" for i in expected] + ["model_final.pth"]
+    cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP = -1
+    with pytest.raises(ValueError, match="SOLVER.CHECKPOINT_MAX_TO_KEEP=-1 must be >= 0"):
+        MutualNetTrainer(cfg)
+
+
 def test_interrupted_training_saves_a_checkpoint_and_resumes_after_it(tmp_path):
     class Interrupt(HookBase):
         def after_step(self):
