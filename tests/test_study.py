@@ -277,9 +277,13 @@ TRAINING_THAT_SAVES_ON_INTERRUPT = (
     "except KeyboardInterrupt:\n    open(out + '/checkpoint_on_interrupt', 'w').close()\n    sys.exit(1)\n")
 
 
-def test_train_and_sweep_passes_the_interrupt_on_to_its_training_and_keeps_the_time(tmp_path, monkeypatch):
+def test_train_and_sweep_passes_the_interrupt_on_to_its_training_and_keeps_the_time(tmp_path, monkeypatch, request):
     """A real child process (a stand-in for tools/train_net.py) gets one SIGINT and exits as
     train_net does after saving its checkpoint; the time spent is kept in seconds.json."""
+    # as tools/study.py's handle_stop_signals: a test run started in the background (`... &`) has
+    # SIGINT ignored, and the child would inherit that
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     fake_repo = _repo_with_train_net(tmp_path, monkeypatch, TRAINING_THAT_SAVES_ON_INTERRUPT)
     root = tmp_path / "study"
     run = study_plan()[0]
