@@ -353,3 +353,30 @@ def test_a_run_inside_the_repository_gets_a_relative_output_dir(tmp_path, monkey
     study.train_and_sweep(run, str(root), 1)  # raises if the sweep is not where the runner looks
     seen = json.load(open(root / "runs" / run.name / "seen.json"))
     assert seen == {"cwd": str(fake_repo), "out": os.path.join("benchmarks", "study", "runs", run.name)}
+
+
+def test_amp_parity_rule_at_scale_one_and_every_sweep_point():
+    """Hand-computed: float32 seeds 60 / 62 / 65 box AP at (1.0, 1.0), AMP seed 1 at 61 -> +1, inside
+    the spread (5): parity. Two AMP seeds against three float32 ones at both points: ranges
+    overlapping / below / above, differences of the means."""
+    amp_parity = load_tool("amp_parity")
+
+    def sweep(box, mask):
+        return [{"width": 1.0, "resolution_scale": scale, "bbox": {"AP": b}, "segm": {"AP": m}}
+                for scale, b, m in zip((1.0, 0.5), box, mask)]
+
+    float32 = [sweep((60.0, 54.0), (58.0, 50.0)), sweep((62.0, 55.0), (57.0, 51.0)), sweep((65.0, 56.0), (59.0, 52.0))]
+    amp = [sweep((61.0, 50.0), (60.0, 51.5)), sweep((63.0, 53.0), (61.0, 49.0))]
+    (rule,) = amp_parity.compare(float32, amp[0], widths=(1.0,))
+    assert rule["difference_to_same_seed"] == pytest.approx(1.0) and rule["tolerance"] == pytest.approx(5.0)
+    assert rule["parity"]
+    assert not amp_parity.compare(float32[:1], sweep((58.0, 0), (0, 0)), widths=(1.0,))[0]["parity"]  # 2 > 1.5
+    points = amp_parity.every_point(float32, amp)
+    assert [p["bbox"]["amp_range_against_float32"] for p in points] == ["overlapping", "below"]
+    assert [p["segm"]["amp_range_against_float32"] for p in points] == ["above", "overlapping"]
+    # box means: (61 + 63) / 2 - (60 + 62 + 65) / 3 = 62 - 62.333; (50 + 53) / 2 - 55 = -3.5
+    assert [p["bbox"]["difference_of_means"] for p in points] == pytest.approx([-1 / 3, -3.5])
+    assert [p["bbox"]["difference_seed_1"] for p in points] == [1.0, -4.0]
+    assert amp_parity.point_summary(points, "bbox") == (
+        "box AP over 2 points, AMP seeds against float32 seeds: below 1, overlapping 1, above 0; "
+        "AMP - float32 (means): mean -1.9, -3.5 to -0.3")
