@@ -376,7 +376,11 @@ def test_amp_parity_rule_at_scale_one_and_every_sweep_point():
     assert [p["segm"]["amp_range_against_float32"] for p in points] == ["above", "overlapping"]
     # box means: (61 + 63) / 2 - (60 + 62 + 65) / 3 = 62 - 62.333; (50 + 53) / 2 - 55 = -3.5
     assert [p["bbox"]["difference_of_means"] for p in points] == pytest.approx([-1 / 3, -3.5])
+    assert [p["segm"]["difference_of_means"] for p in points] == pytest.approx([60.5 - 58.0, 50.25 - 51.0])
     assert [p["bbox"]["difference_seed_1"] for p in points] == [1.0, -4.0]
+    # a tie with the lowest float32 seed is not "below": the ranges touch
+    (tie, _) = amp_parity.every_point(float32, [sweep((60.0, 0), (0, 0))])
+    assert tie["bbox"]["amp_range_against_float32"] == "overlapping"
     assert amp_parity.point_summary(points, "bbox") == (
         "box AP over 2 points, AMP seeds against float32 seeds: below 1, overlapping 1, above 0; "
         "AMP - float32 (means): mean -1.9, -3.5 to -0.3")
