@@ -26,6 +26,7 @@ import os
 
 from tqdm import tqdm
 
+from mutualnet_det.evaluation.query_table import load_sweep
 from mutualnet_det.study import REPO, STUDY_CONFIG, StudyRun, claim_config, load_timings, sweep_path, train_and_sweep
 
 MUTUALNET = ("MUTUALNET.TRAIN.METHOD", "mutualnet", "MUTUALNET.TRAIN.INPLACE_DISTILL", "False")
@@ -37,6 +38,11 @@ def parity_plan(float32_seeds, amp_seeds=(1,)):
     runs = [StudyRun(f"mutualnet_seed{seed}", "MutualNet float32", MUTUALNET, seed) for seed in float32_seeds]
     return runs + [StudyRun(f"mutualnet_amp_seed{seed}", "MutualNet AMP", MUTUALNET + ("SOLVER.AMP.ENABLED", "True"), seed)
                    for seed in amp_seeds]
+
+
+def seed_one_first(seeds):
+    """The seeds asked for, with seed 1 (the one the rule compares) always first."""
+    return [1] + sorted(set(seeds) - {1})
 
 
 def ap_at(records, width, scale=1.0, task="bbox"):
@@ -94,8 +100,8 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="float32 seeds (seed 1 is always one)")
     parser.add_argument("--amp-seeds", type=int, nargs="+", default=[1], help="AMP seeds (seed 1 is always one)")
     args = parser.parse_args()
-    float32_seeds = [1] + sorted(set(args.seeds) - {1})
-    runs = parity_plan(float32_seeds, [1] + sorted(set(args.amp_seeds) - {1}))
+    float32_seeds = seed_one_first(args.seeds)
+    runs = parity_plan(float32_seeds, seed_one_first(args.amp_seeds))
     try:  # float32 runs of a study folder are reused only if it was trained with the same config
         claim_config(load_timings(os.path.join(args.output, "timings.json")), args.output, STUDY_CONFIG)
     except ValueError as error:
@@ -103,7 +109,7 @@ def main():
     for run in tqdm(runs, desc="parity runs"):
         if not os.path.isfile(sweep_path(args.output, run)):
             train_and_sweep(run, args.output)
-    sweeps = [json.load(open(sweep_path(args.output, run))) for run in runs]
+    sweeps = [load_sweep(sweep_path(args.output, run)) for run in runs]
     float32_sweeps, amp_sweeps = sweeps[:len(float32_seeds)], sweeps[len(float32_seeds):]
     rows = compare(float32_sweeps, amp_sweeps[0])
     points = every_point(float32_sweeps, amp_sweeps)
