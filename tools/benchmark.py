@@ -9,6 +9,8 @@ memory of single, usnet and mutualnet. Writes JSON and Markdown to benchmarks/re
         latency at widths 1.0 and 0.25; s/iteration of single vs MutualNet): slimmable_heads_*.{json,md}
     python tools/benchmark.py --precision [--train-iters 2]  # s/iteration of single, usnet and
         mutualnet in float32 and with SOLVER.AMP.ENABLED (bfloat16 on CPU, float16 on CUDA): precision_*.{json,md}
+    python tools/benchmark.py --roi-align [--train-iters 6]  # s/iteration of single, usnet and
+        mutualnet with MUTUALNET.CPU_ROI_ALIGN torchvision and gather, alternated twice: roi_align_*.{json,md}
 """
 import argparse
 import datetime
@@ -28,10 +30,12 @@ from mutualnet_det import add_mutualnet_config, freeze_width
 from mutualnet_det.benchmark import cpu_description, time_call, write_report
 from mutualnet_det.bn_calibration import calibration_batches, use_configuration
 from mutualnet_det.checkpoint import load_weights
+from mutualnet_det.config import CPU_ROI_ALIGNS
 from mutualnet_det.data.rescale import scaled_test_input
 from mutualnet_det.engine.precision import cpu_has_fast_bfloat16, step_precision
 from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.flops import backbone_gflops, model_gflops
+from mutualnet_det.modeling.roi_align import use_gather_roi_align
 from mutualnet_det.width import set_width
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,6 +60,8 @@ def inference_benchmark(cfg, weights, device, repeats):
     stock_cfg = cfg.clone()
     stock_cfg.MODEL.META_ARCHITECTURE, stock_cfg.MODEL.BACKBONE.NAME = "GeneralizedRCNN", "build_resnet_fpn_backbone"
     stock = build_model(stock_cfg).to(device).eval()
+    if cfg.MUTUALNET.CPU_ROI_ALIGN == "gather":  # the same poolers as ours: the ratio is the slimmable layers' cost
+        use_gather_roi_align(stock)
     use_configuration(model, 1.0, 1.0, train_batches, cfg.MUTUALNET.BN_CALIB.NUM_BATCHES)
     stock.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("bn_stats_bank.")})
     rows, backbone_rows = [], []
@@ -212,6 +218,30 @@ def precision_benchmark(config_file, iters, device):
             for method in ("single", "usnet", "mutualnet")}
 
 
+def roi_align_benchmark(config_file, iters, device, rounds=2):
+    """Seconds per training iteration of each method with each MUTUALNET.CPU_ROI_ALIGN, each in a
+    fresh process, the two alternated `rounds` times (this machine is noisy): every round's time."""
+    report = {method: {impl: [] for impl in CPU_ROI_ALIGNS} for method in ("single", "usnet", "mutualnet")}
+    for method, rounds_of in report.items():
+        for _ in range(rounds):
+            for impl, times in rounds_of.items():
+                times.append(training_benchmark(config_file, method, iters, device, ["MUTUALNET.CPU_ROI_ALIGN", impl]))
+    return report
+
+
+def roi_align_markdown(report):
+    lines = [f"# RoI pooling benchmark ({report['date']}, {report['device_name']})", "",
+             f"Config `{os.path.relpath(report['config'], REPO)}`; {report['train_iters']} timed training iterations "
+             "after 2 warm-up ones, each method and MUTUALNET.CPU_ROI_ALIGN in a fresh process, the two "
+             "alternated; per round and the fastest round.", "",
+             "| method | torchvision s/iter | gather s/iter | gather / torchvision (fastest rounds) |", "|---|---|---|---|"]
+    for method, row in report["training"].items():
+        times = {impl: [r["seconds_per_iter"] for r in rounds] for impl, rounds in row.items()}
+        cells = [" / ".join(f"{t:.2f}" for t in times[impl]) for impl in ("torchvision", "gather")]
+        lines.append(f"| {method} | {cells[0]} | {cells[1]} | {min(times['gather']) / min(times['torchvision']):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def precision_markdown(report):
     amp_name = step_precision(True, report["device"]).name
     lines = [f"# Training precision benchmark ({report['date']}, {report['device_name']})", "",
@@ -241,6 +271,12 @@ def main_precision(args):
     write_report(report, args.output, "precision_", precision_markdown)
 
 
+def main_roi_align(args):
+    report = new_report(args, train_iters=args.train_iters,
+                        training=roi_align_benchmark(args.config_file, args.train_iters, args.device))
+    write_report(report, args.output, "roi_align_", roi_align_markdown)
+
+
 def main_heads(args):
     inference, training = heads_benchmark(args.config_file, args.device, args.repeats, args.train_iters)
     write_report(new_report(args, inference=inference, training=training), args.output, "slimmable_heads_",
@@ -259,11 +295,15 @@ def main():
                         help="only the comparison of backbone-only and slimmable heads (MUTUALNET.SLIMMABLE_HEADS)")
     parser.add_argument("--precision", action="store_true",
                         help="only training s/iteration of each method in float32 and with SOLVER.AMP.ENABLED")
+    parser.add_argument("--roi-align", action="store_true",
+                        help="only training s/iteration of each method with each MUTUALNET.CPU_ROI_ALIGN")
     args = parser.parse_args()
     if args.slimmable_heads:
         return main_heads(args)
     if args.precision:
         return main_precision(args)
+    if args.roi_align:
+        return main_roi_align(args)
     cfg = load_cfg(args.config_file, ["MODEL.DEVICE", args.device])
     inference, backbone = inference_benchmark(cfg, args.weights, args.device, args.repeats)
     training = {m: training_benchmark(args.config_file, m, args.train_iters, args.device) for m in ("single", "usnet", "mutualnet")}

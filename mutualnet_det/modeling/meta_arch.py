@@ -3,25 +3,31 @@
 The forward pass is GeneralizedRCNN's; the additions are `bn_stats_bank`, a child module so
 calibrated statistics per (width, resolution scale) are saved and loaded with the weights, and,
 with MUTUALNET.SLIMMABLE_HEADS, the conversion of the stock FPN outputs and heads Detectron2
-built into slimmable ones (`modeling/heads.py`; same parameter names and shapes).
+built into slimmable ones (`modeling/heads.py`; same parameter names and shapes), and, with
+MUTUALNET.CPU_ROI_ALIGN "gather", RoI poolers that run faster on CPU (`modeling/roi_align.py`).
 """
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 
 from ..bn_calibration import BNStatsBank
 from .heads import make_heads_slimmable
+from .roi_align import use_gather_roi_align
 
 
 @META_ARCH_REGISTRY.register()
 class SlimmableRCNN(GeneralizedRCNN):
     @configurable
-    def __init__(self, *, slimmable_heads: bool = False, channel_divisor: int = 8, **kwargs):
+    def __init__(self, *, slimmable_heads: bool = False, channel_divisor: int = 8, gather_roi_align: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         if slimmable_heads:
             make_heads_slimmable(self.backbone, self.proposal_generator, self.roi_heads, divisor=channel_divisor)
+        if gather_roi_align:
+            use_gather_roi_align(self.roi_heads)
         self.bn_stats_bank = BNStatsBank()
 
     @classmethod
     def from_config(cls, cfg):
         return {**super().from_config(cfg), "slimmable_heads": cfg.MUTUALNET.SLIMMABLE_HEADS,
-                "channel_divisor": cfg.MUTUALNET.CHANNEL_DIVISOR}
+                "channel_divisor": cfg.MUTUALNET.CHANNEL_DIVISOR,
+                "gather_roi_align": cfg.MUTUALNET.CPU_ROI_ALIGN == "gather"}
