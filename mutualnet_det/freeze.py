@@ -22,6 +22,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from .bn_calibration import use_configuration
 from .flops import evaluating
 from .modeling.backbone import build_slimmable_resnet_backbone, build_slimmable_resnet_fpn_backbone
+from .modeling.roi_align import swap_roi_align
 from .modeling.slimmable_ops import (
     SlimmableConv2d,
     SlimmableConvTranspose2d,
@@ -129,6 +130,7 @@ def freeze_width(model: nn.Module, width: float, resolution_scale: float = 1.0) 
         proposal_generator=proposal_generator, roi_heads=roi_heads,
         pixel_mean=model.pixel_mean.flatten().tolist(), pixel_std=model.pixel_std.flatten().tolist(),
         input_format=model.input_format, vis_period=0)
+    swap_roi_align(frozen, gather=False)  # Detectron2's own poolers, as the frozen config rebuilds them
     return frozen.to(model.pixel_mean.device).train(model.training)
 
 

@@ -35,7 +35,7 @@ from mutualnet_det.data.rescale import scaled_test_input
 from mutualnet_det.engine.precision import cpu_has_fast_bfloat16, step_precision
 from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.flops import backbone_gflops, model_gflops
-from mutualnet_det.modeling.roi_align import use_gather_roi_align
+from mutualnet_det.modeling.roi_align import swap_roi_align
 from mutualnet_det.width import set_width
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,8 +60,8 @@ def inference_benchmark(cfg, weights, device, repeats):
     stock_cfg = cfg.clone()
     stock_cfg.MODEL.META_ARCHITECTURE, stock_cfg.MODEL.BACKBONE.NAME = "GeneralizedRCNN", "build_resnet_fpn_backbone"
     stock = build_model(stock_cfg).to(device).eval()
-    if cfg.MUTUALNET.CPU_ROI_ALIGN == "gather":  # the same poolers as ours: the ratio is the slimmable layers' cost
-        use_gather_roi_align(stock)
+    gather = cfg.MUTUALNET.CPU_ROI_ALIGN == "gather"
+    swap_roi_align(stock, gather)  # the same poolers as ours: the ratios are the slimmable layers' cost
     use_configuration(model, 1.0, 1.0, train_batches, cfg.MUTUALNET.BN_CALIB.NUM_BATCHES)
     stock.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("bn_stats_bank.")})
     rows, backbone_rows = [], []
@@ -71,6 +71,7 @@ def inference_benchmark(cfg, weights, device, repeats):
         for width in WIDTHS:
             use_configuration(model, width, scale, train_batches, cfg.MUTUALNET.BN_CALIB.NUM_BATCHES)
             frozen = freeze_width(model, width, scale).eval()
+            swap_roi_align(frozen, gather)
             with torch.no_grad():
                 row = {"width": width, "resolution_scale": scale, "gflops": model_gflops(model, inputs),
                        "slimmable": time_call(lambda: model([inputs]), device, repeats=repeats),

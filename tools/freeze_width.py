@@ -30,6 +30,7 @@ def frozen_config(cfg, width, resolution_scale):
     frozen.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     frozen.MODEL.BACKBONE.NAME = "build_frozen_resnet_fpn_backbone"
     frozen.MUTUALNET.FROZEN_WIDTH = width
+    frozen.MUTUALNET.CPU_ROI_ALIGN = "torchvision"  # what a stock GeneralizedRCNN pools with
     frozen.MUTUALNET.TEST.WIDTHS = (width,)
     frozen.MUTUALNET.TEST.RESOLUTION_SCALES = (1.0,)
     if cfg.MUTUALNET.SLIMMABLE_HEADS:  # the stock FPN and heads of that width

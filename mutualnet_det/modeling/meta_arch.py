@@ -11,7 +11,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 
 from ..bn_calibration import BNStatsBank
 from .heads import make_heads_slimmable
-from .roi_align import use_gather_roi_align
+from .roi_align import swap_roi_align
 
 
 @META_ARCH_REGISTRY.register()
@@ -23,7 +23,7 @@ class SlimmableRCNN(GeneralizedRCNN):
         if slimmable_heads:
             make_heads_slimmable(self.backbone, self.proposal_generator, self.roi_heads, divisor=channel_divisor)
         if gather_roi_align:
-            use_gather_roi_align(self.roi_heads)
+            swap_roi_align(self.roi_heads, gather=True)
         self.bn_stats_bank = BNStatsBank()
 
     @classmethod

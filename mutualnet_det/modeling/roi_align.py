@@ -9,10 +9,13 @@ well-kept op on every device) do the weighted sum, so forward and backward cost 
 vectorised passes over (RoIs x bins x taps x channels). The taps follow torchvision's
 `bilinear_interpolate` exactly (aligned=True: a -0.5 pixel shift, no minimum RoI size; samples
 beyond one pixel outside the map count as zero; coordinates clamped at the borders), so the
-numbers are torchvision's up to float rounding (tests/modeling/test_roi_align.py).
+numbers are torchvision's up to float rounding (tests/modeling/test_roi_align.py). Pooling runs
+in float32 at least: under autocast as torchvision's autocast rule does, and also for half-precision
+features outside autocast (where torchvision's kernel pools in half).
 
 Only aligned poolers with a fixed sampling ratio on CPU take this path; anything else (CUDA,
-sampling_ratio 0, the legacy aligned=False) runs torchvision's kernel unchanged.
+sampling_ratio 0, the legacy aligned=False) runs torchvision's kernel unchanged. Frozen models
+(freeze.py) get plain ROIAligns back, as their config rebuilds them.
 """
 from typing import Tuple
 
@@ -69,13 +72,15 @@ def roi_align_by_gather(features: torch.Tensor, rois: torch.Tensor, spatial_scal
     only (as in torchvision). Computed in float32 at least, returned in the features' dtype (as
     torchvision's autocast rule does)."""
     num_images, channels, height, width = features.shape
+    if rois.shape[0] == 0:  # a pyramid level no RoI is assigned to
+        return features.new_zeros(0, channels, *output_size)
     dtype = torch.promote_types(features.dtype, torch.float32)
     with torch.no_grad():
         indices, weights = roi_align_taps(rois.to(dtype), spatial_scale, output_size, sampling_ratio, height, width)
     pixels = features.to(dtype).permute(0, 2, 3, 1).reshape(num_images * height * width, channels)
     with torch.autocast(features.device.type, enabled=False):
         pooled = F.embedding_bag(indices, pixels, per_sample_weights=weights, mode="sum")
-    return pooled.view(-1, *output_size, channels).permute(0, 3, 1, 2).to(features.dtype)
+    return pooled.view(-1, *output_size, channels).permute(0, 3, 1, 2).to(features.dtype).contiguous()
 
 
 class GatherROIAlign(ROIAlign):
@@ -93,14 +98,16 @@ class GatherROIAlign(ROIAlign):
                                    self.sampling_ratio)
 
 
-def use_gather_roi_align(model: nn.Module) -> int:
+def swap_roi_align(model: nn.Module, gather: bool) -> int:
     """Swap, in place, every ROIAlign of the model's ROIPoolers for a GatherROIAlign with the same
-    arguments (no parameters change). Returns how many were swapped."""
+    arguments (gather=True) or back to Detectron2's ROIAlign (gather=False); no parameters change.
+    Returns how many were swapped."""
+    new_type, old_type = (GatherROIAlign, ROIAlign) if gather else (ROIAlign, GatherROIAlign)
     swapped = 0
     for pooler in (m for m in model.modules() if isinstance(m, ROIPooler)):
         for level, align in enumerate(pooler.level_poolers):
-            if type(align) is ROIAlign:
-                pooler.level_poolers[level] = GatherROIAlign(align.output_size, align.spatial_scale,
-                                                             align.sampling_ratio, align.aligned)
+            if type(align) is old_type:
+                pooler.level_poolers[level] = new_type(align.output_size, align.spatial_scale,
+                                                       align.sampling_ratio, align.aligned)
                 swapped += 1
     return swapped

@@ -8,7 +8,7 @@ from detectron2.structures import Boxes
 from torchvision.ops import roi_align
 
 from mutualnet_det.config import validate_mutualnet_config
-from mutualnet_det.modeling.roi_align import GatherROIAlign, roi_align_by_gather, use_gather_roi_align
+from mutualnet_det.modeling.roi_align import GatherROIAlign, roi_align_by_gather, swap_roi_align
 
 from helpers import tiny_cfg
 
@@ -52,14 +52,20 @@ def test_module_in_float32_bfloat16_and_fallbacks():
     gather, stock = GatherROIAlign((7, 7), 1 / 4, 2, aligned=True), ROIAlign((7, 7), 1 / 4, 2, aligned=True)
     # float32: sample coordinates rounded in another order, so agreement to ~1e-5 of values ~N(0, 1)
     torch.testing.assert_close(gather(features, rois), stock(features, rois), rtol=1e-4, atol=1e-4)
+    assert gather(features, rois).is_contiguous()
     # no RoIs (a pyramid level nobody is assigned to)
     assert gather(features, rois[:0]).shape == stock(features, rois[:0]).shape == (0, 8, 7, 7)
-    # bfloat16 autocast: both pool in float32 and return bfloat16
+    # bfloat16 autocast: both pool in float32 and return bfloat16 (equal but for the last bit
+    # where the float32 results round to neighbouring bfloat16 values), gradients alike
+    low = features.bfloat16().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = features.bfloat16()
         pooled, expected = gather(low, rois), stock(low, rois)
     assert pooled.dtype == expected.dtype == torch.bfloat16
-    torch.testing.assert_close(pooled.float(), expected.float(), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(pooled.float(), expected.float(), rtol=2 ** -7, atol=1e-3)
+    grad_output = torch.randn(pooled.shape, generator=generator).bfloat16()
+    grad, = torch.autograd.grad(pooled, low, grad_output)
+    expected_grad, = torch.autograd.grad(expected, low, grad_output)
+    torch.testing.assert_close(grad.float(), expected_grad.float(), rtol=2 ** -7, atol=1e-3)
     # adaptive sampling (0) and the legacy aligned=False are torchvision's kernel, bit for bit
     for args in [((7, 7), 1 / 4, 0, True), ((7, 7), 1 / 4, 2, False)]:
         assert torch.equal(GatherROIAlign(*args)(features, rois), ROIAlign(*args)(features, rois))
@@ -81,9 +87,12 @@ def test_swapped_pooler_matches_detectron2_pooler():
     assert set(assign_boxes_to_levels(boxes, 2, 5, 224, 4).tolist()) == {0, 1, 2, 3}
     stock = ROIPooler((14, 14), scales, 2, "ROIAlignV2")
     swapped = ROIPooler((14, 14), scales, 2, "ROIAlignV2")
-    assert use_gather_roi_align(swapped) == 4
+    assert swap_roi_align(swapped, gather=True) == 4
     assert all(type(align) is GatherROIAlign for align in swapped.level_poolers)
     torch.testing.assert_close(swapped(features, boxes), stock(features, boxes), rtol=0, atol=1e-12)
+    assert swap_roi_align(swapped, gather=True) == 0  # already swapped
+    assert swap_roi_align(swapped, gather=False) == 4
+    assert all(type(align) is ROIAlign for align in swapped.level_poolers)
 
 
 def test_config_key_chooses_the_poolers():
