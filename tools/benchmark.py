@@ -41,6 +41,7 @@ from mutualnet_det.width import set_width
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
 SCALES = (1.0, 0.6)
+METHODS = ("single", "usnet", "mutualnet")  # the order of every training table
 
 
 def load_cfg(path, opts=()):
@@ -216,13 +217,13 @@ def precision_benchmark(config_file, iters, device):
     return {method: {precision: training_benchmark(config_file, method, iters, device,
                                                    ["SOLVER.AMP.ENABLED", precision != "float32"])
                      for precision in ("float32", "amp")}
-            for method in ("single", "usnet", "mutualnet")}
+            for method in METHODS}
 
 
 def roi_align_benchmark(config_file, iters, device, rounds=2):
     """Seconds per training iteration of each method with each MUTUALNET.CPU_ROI_ALIGN, each in a
     fresh process, the two alternated `rounds` times (this machine is noisy): every round's time."""
-    report = {method: {impl: [] for impl in CPU_ROI_ALIGNS} for method in ("single", "usnet", "mutualnet")}
+    report = {method: {impl: [] for impl in CPU_ROI_ALIGNS} for method in METHODS}
     for method, rounds_of in report.items():
         for _ in range(rounds):
             for impl, times in rounds_of.items():
@@ -307,7 +308,7 @@ def main():
         return main_roi_align(args)
     cfg = load_cfg(args.config_file, ["MODEL.DEVICE", args.device])
     inference, backbone = inference_benchmark(cfg, args.weights, args.device, args.repeats)
-    training = {m: training_benchmark(args.config_file, m, args.train_iters, args.device) for m in ("single", "usnet", "mutualnet")}
+    training = {m: training_benchmark(args.config_file, m, args.train_iters, args.device) for m in METHODS}
     report = new_report(args, weights=args.weights if os.path.isfile(args.weights) else None,
                         inference=inference, backbone=backbone, training=training)
     write_report(report, args.output, "", markdown)
