@@ -179,16 +179,23 @@ def commit_run(root: str, run: StudyRun, message: str) -> None:
     root = os.path.abspath(root)
     paths = [os.path.join(root, "runs", run.name), os.path.join(root, "timings.json")]
     paths += [p for p in (os.path.join(root, name) for name in SUMMARY_FILES) if os.path.isfile(p)]
-    for attempt in range(10):  # someone else's git command may hold the index lock for a moment
-        added = subprocess.run(["git", "add", "--", *paths], cwd=root, capture_output=True, text=True)
-        done = added.returncode == 0 and subprocess.run(
-            ["git", "commit", "--quiet", "-m", message, "--", *paths], cwd=root, capture_output=True,
-            text=True).returncode == 0
-        if done:
+    commit_paths(root, paths, message)
+
+
+def commit_paths(root: str, paths: List[str], message: str) -> None:
+    """git add + commit exactly `paths`; retried while another git command holds the index lock."""
+    for attempt in range(10):
+        result = subprocess.run(["git", "add", "--", *paths], cwd=root, capture_output=True, text=True)
+        if result.returncode == 0:
+            result = subprocess.run(["git", "commit", "--quiet", "-m", message, "--", *paths], cwd=root,
+                                    capture_output=True, text=True)
+        if result.returncode == 0:
             return
+        if "index.lock" not in result.stderr:  # not a lock to wait out (no repository, nothing to commit)
+            break
         time.sleep(6)
     # the results are on disk; losing the study to a failed commit would cost hours
-    tqdm.write(f"warning: could not commit {run.name}'s results; commit them by hand: "
+    tqdm.write(f"warning: could not commit {', '.join(paths)} ({result.stderr.strip()}); commit them by hand: "
                f"git add {' '.join(paths)} && git commit -m '{message}'")
 
 
@@ -197,7 +204,8 @@ def run_study(root: str, runs: List[StudyRun], jobs: int = 1, commit: bool = Fal
     """Train and sweep every run not done yet (`jobs` at a time, one thread each when > 1),
     then summarize. Interrupted (Ctrl-C, SIGTERM): the running trainings save a checkpoint; run
     again, finished runs are skipped, others resume. A failed run is reported and the others go on.
-    commit: commit each run's results (git) as soon as it finishes.
+    commit: commit each run's results (git) as soon as it finishes, and timings.json with this
+    invocation's wall time when it ends (if it finished a run).
     train: (run, root, threads) -> seconds; `train_and_sweep` unless replaced (tests).
     plan: the runs the summary covers when finished (default `runs`): all of the study's, also
     when only some of them are trained now.
@@ -265,6 +273,10 @@ def run_study(root: str, runs: List[StudyRun], jobs: int = 1, commit: bool = Fal
             raise
         finally:
             save_timings()
+            if commit and invocation["runs"]:  # the wall time is known only now: the last run's commit lacks it
+                hours = invocation["wall_seconds"] / 3600
+                commit_paths(os.path.abspath(root), [os.path.abspath(timings_path)],
+                             f"Study: timings.json with this invocation's wall time ({hours:.2f} h)")
     if failed:
         raise RuntimeError(f"study runs failed: {failed} (the others finished; run the study again to retry)")
     return summarize(root, plan)

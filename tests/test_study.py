@@ -73,18 +73,21 @@ def test_resumes_without_redoing_finished_runs_and_commits_each_as_it_finishes(t
     def commit(rev):
         return [line for line in git(repo, "show", "--format=%s", "--name-only", rev).splitlines() if line]
 
-    assert commit("HEAD") == ["Study: mutualnet_distill_seed1 finished (2 min)",
-                              "study/runs/mutualnet_distill_seed1/inference/shapes_val/width_sweep.json",
-                              "study/timings.json"]
-    assert commit("HEAD~1") == ["Study: usnet_seed1 finished (1 min)",
+    assert commit("HEAD") == ["Study: timings.json with this invocation's wall time (0.00 h)", "study/timings.json"]
+    assert commit("HEAD~1") == ["Study: mutualnet_distill_seed1 finished (2 min)",
+                                "study/runs/mutualnet_distill_seed1/inference/shapes_val/width_sweep.json",
+                                "study/timings.json"]
+    assert commit("HEAD~2") == ["Study: usnet_seed1 finished (1 min)",
                                 "study/runs/usnet_seed1/inference/shapes_val/width_sweep.json", "study/timings.json"]
-    assert commit("HEAD~2")[:3] == ["Study: mutualnet_seed1 finished (0 min)",  # recorded and committed now
+    assert commit("HEAD~3")[:3] == ["Study: mutualnet_seed1 finished (0 min)",  # recorded and committed now
                                     "study/runs/mutualnet_seed1/inference/shapes_val/width_sweep.json",
                                     "study/runs/mutualnet_seed1/seconds.json"]
     assert "unrelated.txt" in git(repo, "diff", "--cached", "--name-only")  # left staged, not committed
     timings = json.load(open(os.path.join(root, "timings.json")))
     assert timings["runs"] == {"mutualnet_seed1": 30.0, "usnet_seed1": 60.0, "mutualnet_distill_seed1": 120.0}
     assert timings["total_run_seconds"] == 210.0 and len(timings["invocations"]) == 1
+    assert git(repo, "status", "--porcelain", "study") == ""  # the wall time committed too: nothing left over
+    assert timings == json.loads(git(repo, "show", "HEAD:study/timings.json"))
     # again: nothing left to train, nothing committed
     head = git(repo, "rev-parse", "HEAD")
     run_study(root, runs, jobs=1, commit=True, train=fake_train)
@@ -110,6 +113,7 @@ def test_training_some_runs_summarizes_every_finished_run_of_the_plan(tmp_path, 
 
     committed = []
     monkeypatch.setattr(study, "commit_run", lambda root_, run, message: committed.append(list(summarized[-1])))
+    monkeypatch.setattr(study, "commit_paths", lambda root_, paths, message: None)  # the wall time's commit
     run_study(root, [plan[3]], train=fake_train, commit=True, plan=plan)
     assert committed == [[finished_before.name, plan[3].name]]  # the summary committed with the run
     assert summarized[-1] == [finished_before.name, plan[3].name]

@@ -6,7 +6,8 @@
     python tools/study.py --summarize-only # rebuild the table and plot from finished runs
     python tools/study.py --slimmable-heads # also MutualNet with slimmable heads (2 runs more)
     python tools/study.py --runs mutualnet_seed1 usnet_seed1 --output DIR  # train a subset of the plan
-    python tools/study.py --commit         # commit each run's results (git) as it finishes
+    python tools/study.py --commit         # commit each run's results (git) as it finishes, and the
+                                           # invocation's wall time (timings.json) when it ends
     python tools/study.py --config-file configs/Study/Converged-Study.yaml --output benchmarks/study_converged
                                            # the same plan with another config, in its own folder
 
@@ -35,7 +36,8 @@ def main():
     parser.add_argument("--runs", nargs="+", metavar="NAME",
                         help="only these runs of the plan, in this order (e.g. mutualnet_seed1 usnet_seed1)")
     parser.add_argument("--commit", action="store_true",
-                        help="commit each finished run's results and timings.json (git) as it completes")
+                        help="commit each finished run's results and timings.json (git) as it completes, "
+                             "and timings.json with the wall time when the invocation ends")
     args = parser.parse_args()
     if not os.path.isfile(args.config_file):
         parser.error(f"no config file {args.config_file} (the studies' configs are in configs/Study/)")
