@@ -195,7 +195,8 @@ def commit_paths(root: str, paths: List[str], message: str) -> None:
             break
         time.sleep(6)
     # the results are on disk; losing the study to a failed commit would cost hours
-    tqdm.write(f"warning: could not commit {', '.join(paths)} ({result.stderr.strip()}); commit them by hand: "
+    reason = (result.stderr or result.stdout).strip()  # git commit says "nothing to commit" on stdout
+    tqdm.write(f"warning: could not commit {', '.join(paths)} ({reason}); commit them by hand: "
                f"git add {' '.join(paths)} && git commit -m '{message}'")
 
 
