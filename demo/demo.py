@@ -27,12 +27,12 @@ from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from mutualnet_det import add_mutualnet_config, validate_mutualnet_config, validate_width
-from mutualnet_det.adaptive import AdaptivePredictor
+from mutualnet_det.runtime.adaptive import AdaptivePredictor
 from mutualnet_det.bn_calibration import calibration_batches
 from mutualnet_det.checkpoint import CheckpointError, load_weights
 from mutualnet_det.engine.trainer import MutualNetTrainer
-from mutualnet_det.latency import load_latency_table
-from mutualnet_det.visualization import SlimmablePredictor, pick_by_object_size, prediction_panel, render_comparison
+from mutualnet_det.runtime.latency import load_latency_table
+from mutualnet_det.evaluation.visualization import SlimmablePredictor, pick_by_object_size, prediction_panel, render_comparison
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")

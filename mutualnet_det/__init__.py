@@ -11,9 +11,9 @@ from .width import get_width, round_channels, set_width, using_width, validate_w
 from .evaluation.query_table import best_config, pareto_front  # noqa: E402
 from . import modeling  # noqa: E402,F401  (registration)
 from . import data  # noqa: E402,F401  (registration)
-from .freeze import freeze_width  # noqa: E402  (also registers build_frozen_resnet_fpn_backbone)
-from .latency import load_latency_table, profile_latency  # noqa: E402
-from .adaptive import AdaptivePredictor  # noqa: E402
+from .deploy.freeze import freeze_width  # noqa: E402  (also registers build_frozen_resnet_fpn_backbone)
+from .runtime.latency import load_latency_table, profile_latency  # noqa: E402
+from .runtime.adaptive import AdaptivePredictor  # noqa: E402
 
 __all__ = [
     "AdaptivePredictor",

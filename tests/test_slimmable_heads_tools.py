@@ -6,8 +6,8 @@ from helpers import tiny_cfg
 from tools_loader import load_tool
 
 from mutualnet_det.engine.trainer import MutualNetTrainer
-from mutualnet_det.study import study_plan
-from mutualnet_det.visualization import SlimmablePredictor, render_comparison
+from mutualnet_det.study.runner import study_plan
+from mutualnet_det.evaluation.visualization import SlimmablePredictor, render_comparison
 
 
 def test_demo_renders_a_slimmable_heads_model_at_two_widths():

@@ -24,12 +24,12 @@ from detectron2.utils.logger import setup_logger
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from profile_latency import default_sweep, load_trained  # noqa: E402
 
-from mutualnet_det.adaptive import AdaptivePredictor, FixedPolicy  # noqa: E402
-from mutualnet_det.benchmark import write_report  # noqa: E402
+from mutualnet_det.runtime.adaptive import AdaptivePredictor, FixedPolicy  # noqa: E402
+from mutualnet_det.benchmark.timing import write_report  # noqa: E402
 from mutualnet_det.checkpoint import CheckpointError  # noqa: E402
-from mutualnet_det.latency import (configuration_of, fronts_by_threads, load_latency_table, threads_of,  # noqa: E402
+from mutualnet_det.runtime.latency import (configuration_of, fronts_by_threads, load_latency_table, threads_of,  # noqa: E402
                                    validation_images)
-from mutualnet_det.stream_benchmark import BackgroundLoad, frame_rows, run_stream, summarize_stream  # noqa: E402
+from mutualnet_det.runtime.stream import BackgroundLoad, frame_rows, run_stream, summarize_stream  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FULL = (1.0, 1.0)

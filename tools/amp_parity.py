@@ -27,7 +27,7 @@ import os
 from tqdm import tqdm
 
 from mutualnet_det.evaluation.query_table import load_sweep
-from mutualnet_det.study import REPO, STUDY_CONFIG, StudyRun, claim_config, load_timings, sweep_path, train_and_sweep
+from mutualnet_det.study.runner import REPO, STUDY_CONFIG, StudyRun, claim_config, load_timings, sweep_path, train_and_sweep
 
 MUTUALNET = ("MUTUALNET.TRAIN.METHOD", "mutualnet", "MUTUALNET.TRAIN.INPLACE_DISTILL", "False")
 ONE_SEED_TOLERANCE = 1.5  # box AP

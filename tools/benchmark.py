@@ -27,7 +27,7 @@ from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
 from mutualnet_det import add_mutualnet_config, freeze_width
-from mutualnet_det.benchmark import cpu_description, time_call, write_report
+from mutualnet_det.benchmark.timing import cpu_description, time_call, write_report
 from mutualnet_det.bn_calibration import calibration_batches, use_configuration
 from mutualnet_det.checkpoint import load_weights
 from mutualnet_det.config import CPU_ROI_ALIGNS
@@ -95,7 +95,7 @@ import json, sys, time, torch
 sys.argv = ['x']
 import mutualnet_det
 from detectron2.utils.events import EventStorage
-from mutualnet_det.benchmark import peak_memory_mb, synchronize
+from mutualnet_det.benchmark.timing import peak_memory_mb, synchronize
 from mutualnet_det.engine.trainer import MutualNetTrainer
 sys.path.insert(0, {os.path.join(REPO, 'tools')!r})
 from benchmark import load_cfg

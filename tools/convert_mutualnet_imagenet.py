@@ -12,7 +12,7 @@ import os
 import pickle
 import sys
 
-from mutualnet_det.converters import ConversionError, convert_checkpoint
+from mutualnet_det.deploy.converters import ConversionError, convert_checkpoint
 
 
 def main(argv=None):

@@ -21,10 +21,10 @@ from detectron2.utils.logger import setup_logger
 
 from mutualnet_det import add_mutualnet_config, validate_mutualnet_config
 from mutualnet_det.checkpoint import CheckpointError, load_weights
-from mutualnet_det.contention import usable_cpus
+from mutualnet_det.runtime.contention import usable_cpus
 from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.evaluation.query_table import load_sweep
-from mutualnet_det.latency import (check_sweep_matches_model, format_latency_table, profile_latency,
+from mutualnet_det.runtime.latency import (check_sweep_matches_model, format_latency_table, profile_latency,
                                    validation_images, write_latency_table)
 
 

@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from mutualnet_det.study import (REPO, STUDY_CONFIG, claim_config, handle_stop_signals, load_timings, run_study,
+from mutualnet_det.study.runner import (REPO, STUDY_CONFIG, claim_config, handle_stop_signals, load_timings, run_study,
                                  study_plan, summarize)
 
 

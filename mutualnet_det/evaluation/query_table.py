@@ -2,7 +2,7 @@
 
 As in the MutualNet paper's deployment table, the table is the Pareto front of a width sweep in
 (GFLOPs, AP): a configuration is kept when no cheaper-or-equal configuration has at least its AP.
-The same front and query work on measured time: a latency table (mutualnet_det/latency.py) adds
+The same front and query work on measured time: a latency table (mutualnet_det/runtime/latency.py) adds
 `latency_ms` (median milliseconds per image on one device) to each record.
 """
 import json

@@ -6,7 +6,7 @@ narrow convolutions run far from peak), so a runtime budget in milliseconds need
 where the model runs. For each configuration of a sweep (`width_sweep.json`), `profile_latency`
 sets the width and loads its banked BN statistics (no calibration: a missing entry is an error),
 feeds validation images resized by the test-time resize x the configuration's scale, and times
-one image per call with `mutualnet_det.benchmark.time_call` (warm-up, then median and IQR of the
+one image per call with `mutualnet_det.benchmark.timing.time_call` (warm-up, then median and IQR of the
 calls; synchronised on CUDA). The table keeps the sweep's AP and GFLOPs beside the milliseconds,
 and the Pareto front by milliseconds, which `AdaptivePredictor` moves along.
 
@@ -43,12 +43,12 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .benchmark import cpu_description, time_call
-from .bn_calibration import bn_layers, use_configuration
-from .data.rescale import scaled_test_input
-from .evaluation.query_table import metric_of, pareto_front
-from .flops import backbone_gflops
-from .width import slimmable_layers, validate_width, width_range_of
+from ..benchmark.timing import cpu_description, time_call
+from ..bn_calibration import bn_layers, use_configuration
+from ..data.rescale import scaled_test_input
+from ..evaluation.query_table import metric_of, pareto_front
+from ..flops import backbone_gflops
+from ..width import slimmable_layers, validate_width, width_range_of
 
 TABLE_KEYS = ("device", "setting", "configurations", "front", "metric")
 LATENCY_KEYS = ("latency_ms", "latency_iqr_ms", "latency_min_ms", "latency_max_ms", "latency_calls")

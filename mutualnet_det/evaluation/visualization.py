@@ -15,9 +15,9 @@ from detectron2.utils.visualizer import Visualizer
 from PIL import Image, ImageDraw, ImageFont
 from pycocotools import mask as mask_util
 
-from .bn_calibration import use_configuration
-from .data.rescale import scaled_test_input
-from .flops import model_gflops
+from ..bn_calibration import use_configuration
+from ..data.rescale import scaled_test_input
+from ..flops import model_gflops
 
 SMALL_MAX_AREA = 32 ** 2  # COCO: small < 32^2, large > 96^2 (pixels, original image)
 LARGE_MIN_AREA = 96 ** 2

@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .query_table import pareto_front  # noqa: E402
+from ..evaluation.query_table import pareto_front  # noqa: E402
 
 Metric = Tuple[str, str]
 

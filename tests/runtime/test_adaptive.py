@@ -9,12 +9,12 @@ import pytest
 import torch
 from helpers import tiny_cfg
 
-from mutualnet_det.adaptive import (AdaptivePredictor, BudgetPolicy, FixedPolicy, ThreadChoice,
+from mutualnet_det.runtime.adaptive import (AdaptivePredictor, BudgetPolicy, FixedPolicy, ThreadChoice,
                                     thread_adaptation_off_because)
-from mutualnet_det.contention import CpuContention
+from mutualnet_det.runtime.contention import CpuContention
 from mutualnet_det.bn_calibration import bn_layers
 from mutualnet_det.engine.trainer import MutualNetTrainer
-from mutualnet_det.stream_benchmark import summarize_stream
+from mutualnet_det.runtime.stream import summarize_stream
 from mutualnet_det.width import get_width
 
 FRONT_MS = [20.0, 40.0, 60.0, 80.0, 100.0]

@@ -21,9 +21,9 @@ from typing import Dict, List
 import torch
 from tqdm import tqdm
 
-from .benchmark import cpu_description
-from .evaluation import study_report
-from .evaluation.plots import plot_tradeoff
+from ..benchmark.timing import cpu_description
+from . import report as study_report
+from ..evaluation.plots import plot_tradeoff
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDY_CONFIG = os.path.join(REPO, "configs", "Study", "Base-Study.yaml")

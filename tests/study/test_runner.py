@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-import mutualnet_det.study as study
-from mutualnet_det.study import run_study, study_plan, sweep_path
+import mutualnet_det.study.runner as study
+from mutualnet_det.study.runner import run_study, study_plan, sweep_path
 from tools_loader import load_tool
 
 
@@ -134,7 +134,7 @@ def row(width, scale, gflops, ap_seeds, mask_seeds=None, aps=(1.0,), apl=(2.0,))
 
 
 def test_paired_comparison_by_seed_and_the_spread_rule():
-    from mutualnet_det.evaluation.study_report import format_paired, paired_differences
+    from mutualnet_det.study.report import format_paired, paired_differences
 
     summary = {"A": [row(1.0, 1.0, 5.0, [30.0, 32.0, 31.0]), row(0.25, 1.0, 1.0, [10.0, 14.0, 12.0])],
                "B": [row(1.0, 1.0, 5.1, [25.0, 26.0, 25.5]), row(0.25, 1.0, 1.1, [11.0, 12.0, 13.5])]}
@@ -155,7 +155,7 @@ def test_paired_comparison_by_seed_and_the_spread_rule():
 
 
 def test_summarize_writes_the_report_and_its_plots(tmp_path):
-    from mutualnet_det.study import StudyRun, summarize
+    from mutualnet_det.study.runner import StudyRun, summarize
 
     runs = [StudyRun(f"{name}_seed{seed}", group, (), seed) for name, group in
             (("mutualnet", "MutualNet"), ("usnet", "US-Net")) for seed in (1, 2)]
@@ -317,7 +317,7 @@ def test_a_study_started_in_the_background_still_stops_its_trainings_on_sigint(t
     runner = tmp_path / "runner.py"
     runner.write_text(
         "import sys\n"
-        "import mutualnet_det.study as study\n"
+        "import mutualnet_det.study.runner as study\n"
         f"study.REPO = {str(fake_repo)!r}\n"
         "study.handle_stop_signals()\n"
         f"study.train_and_sweep(study.study_plan()[0], {str(root)!r}, 1)\n")

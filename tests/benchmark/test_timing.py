@@ -2,7 +2,7 @@
 tools/adaptive_stream_benchmark.py)."""
 import json
 
-from mutualnet_det.benchmark import write_report
+from mutualnet_det.benchmark.timing import write_report
 
 
 def test_report_named_by_prefix_device_type_and_date_with_json_and_markdown(tmp_path, capsys):

@@ -39,11 +39,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .benchmark import synchronize
-from .bn_calibration import use_configuration
+from ..benchmark.timing import synchronize
+from ..bn_calibration import use_configuration
 from .contention import CpuContention
-from .data.rescale import scaled_test_input
-from .evaluation.query_table import best_config, metric_of
+from ..data.rescale import scaled_test_input
+from ..evaluation.query_table import best_config, metric_of
 from .latency import (check_banked, configuration_of, describe, fronts_by_threads, model_device, slimmable_setting,
                       threads_of)
 
@@ -214,7 +214,7 @@ class AdaptivePredictor:
     """DefaultPredictor-like: `predictor(image_bgr)` -> the model's outputs (in original image
     coordinates) at the configuration its policy chose for a latency budget in milliseconds.
 
-    latency_table: a table from `mutualnet_det.latency.profile_latency` (or load_latency_table),
+    latency_table: a table from `mutualnet_det.runtime.latency.profile_latency` (or load_latency_table),
         measured on the device the model runs on with the same model and weights.
     policy: defaults to `BudgetPolicy(table["front"], budget_ms)`; any object with `current`
         (a table record), `front` (every record it may choose) and `observe(ms)`; to follow other

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .bn_calibration import configuration_key
+from ..bn_calibration import configuration_key
 
 BLOCKS_PER_DEPTH = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
 BN_FIELDS = ("weight", "bias", "running_mean", "running_var")

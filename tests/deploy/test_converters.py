@@ -11,7 +11,7 @@ from helpers import tiny_cfg
 
 from mutualnet_det import set_width
 from mutualnet_det.bn_calibration import use_configuration
-from mutualnet_det.converters import ConversionError, convert_checkpoint
+from mutualnet_det.deploy.converters import ConversionError, convert_checkpoint
 from mutualnet_det.engine.trainer import MutualNetTrainer
 from tools_loader import convert_main
 

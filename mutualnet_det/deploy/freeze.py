@@ -19,18 +19,18 @@ from detectron2.modeling import BACKBONE_REGISTRY, GeneralizedRCNN
 from detectron2.modeling.backbone import FPN
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
-from .bn_calibration import use_configuration
-from .flops import evaluating
-from .modeling.backbone import build_slimmable_resnet_backbone, build_slimmable_resnet_fpn_backbone
-from .modeling.roi_align import swap_roi_align
-from .modeling.slimmable_ops import (
+from ..bn_calibration import use_configuration
+from ..flops import evaluating
+from ..modeling.backbone import build_slimmable_resnet_backbone, build_slimmable_resnet_fpn_backbone
+from ..modeling.roi_align import swap_roi_align
+from ..modeling.slimmable_ops import (
     SlimmableConv2d,
     SlimmableConvTranspose2d,
     SlimmableGroupNorm,
     SlimmableLinear,
     used_channels,
 )
-from .width import SlimmableLayer, set_width
+from ..width import SlimmableLayer, set_width
 
 
 def _plain_norm(norm, channels):

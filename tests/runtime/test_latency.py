@@ -14,7 +14,7 @@ from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.evaluation.query_table import best_config, pareto_front
 from mutualnet_det.flops import backbone_gflops
 from mutualnet_det.data.rescale import scaled_test_input
-from mutualnet_det.latency import (check_banked, check_sweep_matches_model, format_latency_table, fronts_by_threads,
+from mutualnet_det.runtime.latency import (check_banked, check_sweep_matches_model, format_latency_table, fronts_by_threads,
                                    load_latency_table, profile_latency, threads_of, write_latency_table)
 from mutualnet_det.width import get_width, set_width
 

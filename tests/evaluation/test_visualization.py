@@ -14,7 +14,7 @@ from helpers import REPO, tiny_cfg
 
 from mutualnet_det.bn_calibration import calibration_batches
 from mutualnet_det.engine.trainer import MutualNetTrainer
-from mutualnet_det.visualization import TITLE_HEIGHT, SlimmablePredictor, render_comparison, size_class
+from mutualnet_det.evaluation.visualization import TITLE_HEIGHT, SlimmablePredictor, render_comparison, size_class
 
 CONFIG_OVERRIDES = {"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0, "TEST.DETECTIONS_PER_IMAGE": 8,
                     "MUTUALNET.BN_CALIB.NUM_BATCHES": 1}
@@ -106,7 +106,7 @@ MUTUALNET: {{BN_CALIB: {{NUM_BATCHES: 1}}}}
 def test_images_picked_by_ground_truth_object_sizes():
     from pycocotools import mask as mask_util
 
-    from mutualnet_det.visualization import pick_by_object_size
+    from mutualnet_det.evaluation.visualization import pick_by_object_size
 
     def record(name, sides):
         """An image of 200 x 200 with square objects of these sides (area side^2: < 32^2 small, > 96^2 large)."""

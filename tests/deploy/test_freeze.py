@@ -8,7 +8,7 @@ from helpers import tiny_cfg, toy_batch
 from mutualnet_det import freeze_width
 from mutualnet_det.bn_calibration import calibrate_bn, use_configuration
 from mutualnet_det.engine.trainer import MutualNetTrainer
-from mutualnet_det.freeze import build_frozen_resnet_fpn_backbone  # noqa: F401 (registered)
+from mutualnet_det.deploy.freeze import build_frozen_resnet_fpn_backbone  # noqa: F401 (registered)
 from mutualnet_det.modeling.slimmable_ops import SlimmableConv2d
 from mutualnet_det.width import SlimmableLayer
 from tools_loader import load_tool
