@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """The accuracy study on the embedded dataset: one command, resumable, results in benchmarks/study/.
 
-    python tools/study.py                  # train all runs, sweep them, write results.json, table.md, tradeoff.png
-                                           # (2 runs at a time, one CPU thread each: --jobs)
+    python tools/study.py                  # the study of record (configs/Study/Converged-3375-Study.yaml):
+                                           # train all runs, sweep them, write results.json, table.md,
+                                           # tradeoff.png (2 runs at a time, one CPU thread each: --jobs)
     python tools/study.py --summarize-only # rebuild the table and plot from finished runs
     python tools/study.py --slimmable-heads # also MutualNet with slimmable heads (2 runs more)
     python tools/study.py --runs mutualnet_seed1 usnet_seed1 --output DIR  # train a subset of the plan
     python tools/study.py --commit         # commit each run's results (git) as it finishes, and the
                                            # invocation's wall time (timings.json) when it ends
-    python tools/study.py --config-file configs/Study/Converged-Study.yaml --output benchmarks/study_converged
+    python tools/study.py --config-file configs/Study/Base-Study.yaml --output benchmarks/study_1800
                                            # the same plan with another config, in its own folder
 
 Interrupted (Ctrl-C, or SIGTERM from `kill`)? The running trainings save a checkpoint and stop;

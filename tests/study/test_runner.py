@@ -21,6 +21,17 @@ def overrides(run):
     return dict(zip(run.overrides[::2], run.overrides[1::2]))
 
 
+def test_default_config_is_the_study_of_record_in_its_folder():
+    """The runner writes where the study of record lives: REPO is the repository (not the
+    package), the default config is the one benchmarks/study/timings.json records."""
+    from helpers import REPO
+
+    assert study.REPO == REPO
+    record = json.load(open(os.path.join(REPO, "benchmarks", "study", "timings.json")))
+    assert os.path.relpath(study.STUDY_CONFIG, REPO) == record["config"]
+    assert os.path.isfile(study.STUDY_CONFIG)
+
+
 def test_plan_three_seeds_per_method_distillation_seed1_and_single_width_baselines():
     runs = study_plan()
     assert [run.name for run in runs] == [
