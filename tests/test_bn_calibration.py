@@ -58,6 +58,29 @@ def test_calibration_reproduces_direct_statistics(width, scale):
     assert (width, scale) in model.bn_stats_bank
 
 
+def test_calibration_after_training_forgets_the_training_statistics():
+    """A model that has trained (running statistics moved by 20 batches, num_batches_tracked 20):
+    calibrating width 0.5 must start from reset statistics, so the cumulative average weighs the
+    calibration batches only (without the reset, the first batch would get weight 1/21 against
+    the training statistics)."""
+    torch.manual_seed(0)
+    model = ConvBN()
+    model.train()
+    for batch in batches(seed=1, count=20):
+        model(batch)
+    norm = model.conv.norm
+    assert int(norm.num_batches_tracked) == 20 and norm.running_mean.abs().min() > 0.1
+    data = batches(seed=2)
+    assert calibrate_bn(model, iter(data), 0.5, 1.0, num_batches=3)
+    mean, var = direct_stats(model, data, 0.5)
+    assert len(mean) == 8
+    entry = model.bn_stats_bank.bank["w0p5000_s1p0000"]
+    for stats in ((norm.running_mean[:8], norm.running_var[:8]),
+                  (entry["conv.norm.running_mean"][:8], entry["conv.norm.running_var"][:8])):
+        assert torch.allclose(stats[0], mean, atol=1e-4)
+        assert torch.allclose(stats[1], var, rtol=1e-4)
+
+
 def test_bank_applies_each_configuration_and_survives_a_checkpoint():
     torch.manual_seed(0)
     model = ConvBN()
