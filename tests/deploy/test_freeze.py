@@ -66,6 +66,23 @@ def test_frozen_equals_slimmable_at_three_widths(depth, extra):
         assert_same_detections(outputs(model, inputs), outputs(frozen, inputs))
 
 
+def test_frozen_group_norm_model_equals_slimmable_where_32_does_not_divide_the_channels():
+    """GN backbone at width 0.3: stem and stages have 24, 40, 80, 152 channels, none a multiple of
+    32, so both the slimmable GN and its frozen nn.GroupNorm must use gcd(32, c) groups."""
+    _, model = trained_like(18, norm="GN", **{"MODEL.RESNETS.STEM_OUT_CHANNELS": 64})
+    with torch.no_grad():  # a trained-looking affine (not 1 and 0)
+        for module in model.backbone.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    frozen = freeze_width(model, 0.3).eval()
+    groups = {(m.num_channels, m.num_groups) for m in frozen.backbone.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert groups == {(24, 8), (40, 8), (80, 16), (152, 8)}  # hand-computed gcd(32, c)
+    inputs = [{"image": toy_batch(1, seed=5)[0]["image"], "height": 64, "width": 64}]
+    use_configuration(model, 0.3, 1.0)
+    assert_same_detections(outputs(model.eval(), inputs), outputs(frozen, inputs))
+
+
 def test_traced_frozen_model_matches():
     _, model = trained_like(18)
     frozen = freeze_width(model, 0.6).eval()

@@ -1,4 +1,6 @@
 """The slimmable ResNet-FPN against Detectron2's own modules."""
+import math
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -101,13 +103,26 @@ def test_every_norm_runs_at_every_width(norm):
             assert all(o.shape[1] == 256 and torch.isfinite(o).all() for o in outputs.values())
 
 
-@pytest.mark.parametrize("norm", ["FrozenBN", "GN"])
-def test_norm_slicing_matches_plain_network(norm):
+def gn_with_whole_groups(channels):
+    """Plain GroupNorm as the slimmable one should be at `channels`: 32 groups when 32 divides
+    the channels, otherwise gcd(32, channels) (24 -> 8, 40 -> 8, 80 -> 16, 152 -> 8)."""
+    return torch.nn.GroupNorm(math.gcd(32, channels), channels)
+
+
+@pytest.mark.parametrize("norm,width", [("FrozenBN", 0.5), ("GN", 0.5), ("GN", 0.3)])
+def test_norm_slicing_matches_plain_network(norm, width):
     reference_full, slim = build_pair(18, norm=norm)
-    channels = HAND_CHANNELS[(18, 0.5)]
-    reference = plain_resnet(18, channels["stem"], channels["outs"], norm=norm).eval()
+    with torch.no_grad():  # a trained-looking GN affine (not 1 and 0), so that slicing it wrongly shows
+        for module in slim.modules():
+            if isinstance(module, torch.nn.GroupNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    channels = HAND_CHANNELS[(18, width)]
+    # at 0.3 no channel count (24, 40, 80, 152) is a multiple of 32: GN falls back to gcd groups
+    plain_norm = gn_with_whole_groups if norm == "GN" else norm
+    reference = plain_resnet(18, channels["stem"], channels["outs"], norm=plain_norm).eval()
     load_sliced(reference, {k[len("bottom_up."):]: v for k, v in slim.state_dict().items() if k.startswith("bottom_up.")})
-    set_width(slim, 0.5)
+    set_width(slim, width)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected, actual = reference(x), slim.bottom_up(x)
