@@ -96,9 +96,11 @@ def test_width_one_is_detectron2_mask_rcnn(depth):
         assert_same_detections(stock(inputs)[0]["instances"], ours(inputs)[0]["instances"], tolerance=1e-5)
 
 
-def reference_at(depth, width, settings):
-    """Stock Detectron2 Mask R-CNN with the hand-computed channel counts at `width`."""
-    backbone_channels, heads = HAND_CHANNELS[(depth, width)], HAND_HEADS[width]
+def reference_at(depth, width, settings, backbone_channels=None, heads=None):
+    """Stock Detectron2 Mask R-CNN with the hand-computed channel counts at `width` (by default
+    those of divisor 8, HAND_CHANNELS and HAND_HEADS)."""
+    backbone_channels = backbone_channels or HAND_CHANNELS[(depth, width)]
+    heads = heads or HAND_HEADS[width]
     cfg = mask_rcnn_cfg(depth, slimmable=False, heads=heads, **settings)
     bottom_up = plain_resnet(depth, backbone_channels["stem"], backbone_channels["outs"], backbone_channels["inners"])
     fpn = FPN(bottom_up, ["res2", "res3", "res4", "res5"], heads["fpn"], norm=settings["norm"], top_block=LastLevelMaxPool())
@@ -151,6 +153,32 @@ def test_width_w_is_detectron2_mask_rcnn_with_reduced_channels(depth):
             model.eval()
         for name, value in losses[0].items():
             assert losses[1][name].item() == pytest.approx(value.item(), rel=1e-4, abs=1e-5), name
+
+
+# MUTUALNET.CHANNEL_DIVISOR 1 (the official MutualNet rounding) at width 0.3, by hand (nearest
+# integer): R-18 stem 64 -> 19, stages 64, 128, 256, 512 -> 19, 38, 77, 154; heads FPN 64 -> 19,
+# FC 128 -> 38, box and mask convs 32 -> 10 (divisor 8 would give 24, 40, 16, 16).
+DIVISOR_ONE_BACKBONE = dict(stem=19, outs=[19, 38, 77, 154], inners=None)
+DIVISOR_ONE_HEADS = dict(fpn=19, fc=38, box_conv=10, mask_conv=10)
+
+
+def test_channel_divisor_one_reaches_the_heads():
+    """The heads round with the configured divisor, as the backbone does: with CHANNEL_DIVISOR 1
+    the model at 0.3 is the stock Mask R-CNN with divisor-1 channel counts everywhere."""
+    settings = HEAD_SETTINGS[18]
+    cfg = mask_rcnn_cfg(18, **settings)
+    cfg.MUTUALNET.CHANNEL_DIVISOR = 1
+    torch.manual_seed(0)
+    ours = randomized(build_model(cfg))
+    reference = reference_at(18, 0.3, settings, DIVISOR_ONE_BACKBONE, DIVISOR_ONE_HEADS).eval()
+    load_sliced_detector(reference, ours.state_dict())
+    set_width(ours, 0.3)
+    inputs = image_inputs(seed=1)
+    with torch.no_grad():
+        features = ours.backbone(ours.preprocess_image(inputs).tensor)
+        assert all(f.shape[1] == 19 for f in features.values())
+        assert_same_detections(reference(inputs)[0]["instances"], ours(inputs)[0]["instances"])
+    assert active_parameters(ours, inputs[0]) == sum(p.numel() for p in reference.parameters())
 
 
 def _instances():
