@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import tiny_cfg
 
+from mutualnet_det.runtime import adaptive
 from mutualnet_det.runtime.adaptive import (AdaptivePredictor, BudgetPolicy, FixedPolicy, ThreadChoice,
                                     thread_adaptation_off_because)
 from mutualnet_det.runtime.contention import CpuContention
@@ -100,6 +101,17 @@ def test_recovers_within_the_stated_frames_after_a_slowdown_and_returns_when_it_
     assert all(ms <= BUDGET for _, ms in trace[53:])
 
 
+def test_room_must_be_consecutive_to_step_up():
+    """Alternating loads 0.7 / 0.9 at 60 ms: with an odd window the median alternates too, so every
+    other frame predicts 80 ms within 63.75 (0.7 x 80 = 56) and the others do not (0.9 x 80 = 72),
+    while no frame is over the budget (54 ms). Room never lasts `patience` frames in a row: no step
+    up (counting frames with room without resetting would step up after 2 x patience frames)."""
+    trace = simulate(new_policy(), [0.7, 0.9] * 60)
+    assert {config for config, _ in trace} == {60.0}
+    # the same room on every frame does step up after patience frames (frames 2 .. 11 with room)
+    assert simulate(new_policy(), [0.7] * 13)[-1][0] == 80.0
+
+
 class SimulatedClock:
     def __init__(self):
         self.now = 0.0
@@ -111,6 +123,7 @@ class SimulatedClock:
 # the predictor's front: (width, scale) -> simulated ms; the tiny model's input side is 64 px x scale
 PREDICTOR_MS = {(0.25, 0.5): 20.0, (1.0, 0.5): 40.0, (1.0, 1.0): 60.0}
 PREDICTOR_AP = {(0.25, 0.5): 12.0, (1.0, 0.5): 22.0, (1.0, 1.0): 30.0}
+BANK_SWITCH_MS = 1.5  # simulated cost of setting a width and loading its banked BN statistics
 
 
 def latency_table(configurations):
@@ -142,8 +155,15 @@ def simulated():
     return cfg, model, clock, state, bank_value
 
 
-def test_predictor_switches_from_the_bank_without_reloading_and_keeps_the_budget(simulated):
+def test_predictor_switches_from_the_bank_without_reloading_and_keeps_the_budget(simulated, monkeypatch):
     cfg, model, clock, state, bank_value = simulated
+    use_configuration = adaptive.use_configuration
+
+    def timed_use_configuration(*args):  # a switch costs BANK_SWITCH_MS of simulated time
+        clock.now += BANK_SWITCH_MS / 1000
+        return use_configuration(*args)
+
+    monkeypatch.setattr(adaptive, "use_configuration", timed_use_configuration)
     predictor = AdaptivePredictor(cfg, model, latency_table(PREDICTOR_MS), 50.0, clock=clock)
     weights = {name: p.data_ptr() for name, p in model.named_parameters()}
     image = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
@@ -159,10 +179,12 @@ def test_predictor_switches_from_the_bank_without_reloading_and_keeps_the_budget
         assert outputs["instances"].image_size == (48, 80)
     frames = predictor.frames
     assert [(f.width, f.resolution_scale) for f in frames] == [(1.0, 0.5)] * 9 + [(0.25, 0.5)] * 5
-    assert [f.latency_ms for f in frames] == pytest.approx([40.0] * 6 + [80.0] * 3 + [40.0] * 5)
+    # frame 0 sets up the first configuration and frame 9 switches: both pay the switch
+    assert [f.latency_ms for f in frames] == pytest.approx(
+        [40.0 + BANK_SWITCH_MS] + [40.0] * 5 + [80.0] * 3 + [40.0 + BANK_SWITCH_MS] + [40.0] * 4)
     assert [f.within_budget for f in frames] == [True] * 6 + [False] * 3 + [True] * 5
     assert [f.switched for f in frames] == [False] * 9 + [True] + [False] * 4
-    assert frames[9].switch_ms == 0.0  # the simulated clock does not advance while switching
+    assert [f.switch_ms for f in frames] == pytest.approx([BANK_SWITCH_MS] + [0.0] * 8 + [BANK_SWITCH_MS] + [0.0] * 4)
     assert [f.metric_value for f in frames[8:10]] == [22.0, 12.0]
     assert weights == {name: p.data_ptr() for name, p in model.named_parameters()}  # nothing reloaded
     summary = summarize_stream(frames, 50.0, load_from_frame=6)
@@ -182,6 +204,25 @@ def test_fixed_policy_never_moves(simulated):
         predictor(np.zeros((64, 64, 3), dtype=np.uint8))
     assert {(f.width, f.resolution_scale, f.within_budget) for f in predictor.frames} == {(1.0, 1.0, False)}
     assert [f.latency_ms for f in predictor.frames] == pytest.approx([180.0] * 4)
+
+
+def test_predictor_gives_an_rgb_model_rgb_channels(simulated):
+    """The predictor takes BGR images (as DefaultPredictor); a model trained with INPUT.FORMAT RGB
+    must receive R, G, B in that order: a BGR image with B=200, G=100, R=10 arrives as 10, 100, 200."""
+    cfg, model, clock, _, _ = simulated
+    image_bgr = np.empty((48, 80, 3), dtype=np.uint8)
+    image_bgr[:] = (200, 100, 10)
+    seen = {}
+    for input_format, expected in (("RGB", [10.0, 100.0, 200.0]), ("BGR", [200.0, 100.0, 10.0])):
+        format_cfg = cfg.clone()
+        format_cfg.INPUT.FORMAT = input_format
+        predictor = AdaptivePredictor(format_cfg, model, latency_table(PREDICTOR_MS), 50.0, clock=clock)
+        handle = model.register_forward_pre_hook(lambda module, args: seen.__setitem__("image", args[0][0]["image"]))
+        try:
+            predictor(image_bgr)
+        finally:
+            handle.remove()
+        assert seen["image"].flatten(1).mean(1).tolist() == expected, input_format
 
 
 def test_predictor_refuses_unbanked_configurations_and_another_setting(simulated):
