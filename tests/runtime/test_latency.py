@@ -150,6 +150,32 @@ def test_profile_times_every_configuration_at_its_input_size_and_writes_the_tabl
     assert best_config(load_latency_table(path)["configurations"], max_ms=69)["resolution_scale"] == 0.5
 
 
+def test_profile_gives_an_rgb_model_rgb_channels(banked_model, sweep_and_images):
+    """Images come in BGR (as DefaultPredictor takes them); a model with INPUT.FORMAT RGB is timed on
+    R, G, B in that order: a BGR image with B=200, G=100, R=10 arrives as 10, 100, 200."""
+    cfg, model = banked_model
+    sweep, _ = sweep_and_images
+    image_bgr = np.empty((48, 80, 3), dtype=np.uint8)
+    image_bgr[:] = (200, 100, 10)
+    seen = []
+
+    def timer(function, device, warmup, repeats):
+        for _ in range(warmup + repeats):
+            function()
+        return {"median_ms": 1.0, "iqr_ms": 0.1, "min_ms": 1.0, "max_ms": 1.0, "repeats": repeats}
+
+    hook = model.register_forward_pre_hook(lambda module, args: seen.append(args[0][0]["image"].flatten(1).mean(1).tolist()))
+    try:
+        for input_format, expected in (("RGB", [10.0, 100.0, 200.0]), ("BGR", [200.0, 100.0, 10.0])):
+            format_cfg = cfg.clone()
+            format_cfg.INPUT.FORMAT = input_format
+            seen.clear()
+            profile_latency(format_cfg, model, sweep[:1], [image_bgr], warmup=0, timer=timer, progress=False)
+            assert seen == [expected], input_format
+    finally:
+        hook.remove()
+
+
 # simulated milliseconds at 1 torch thread: narrow is relatively cheaper, so the front differs from
 # the one at 2 threads (SIMULATED_MS)
 ONE_THREAD_MS = {(1.0, 64): 150.0, (1.0, 32): 90.0, (0.25, 64): 55.0, (0.25, 32): 30.0}
