@@ -1,4 +1,5 @@
 """The width sweep end to end on the tiny model, the query table and the error paths."""
+import itertools
 import json
 import os
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog
 from helpers import REPO, tiny_cfg
 
 import mutualnet_det
@@ -14,6 +16,7 @@ from mutualnet_det.checkpoint import CheckpointError, load_weights
 from mutualnet_det.config import validate_mutualnet_config
 from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.evaluation.query_table import best_config, pareto_front
+from mutualnet_det.width import get_width
 
 
 def test_sweep_visits_each_configuration_once_and_costs_fall(tmp_path):
@@ -21,15 +24,23 @@ def test_sweep_visits_each_configuration_once_and_costs_fall(tmp_path):
                       "MUTUALNET.TEST.RESOLUTION_SCALES": (1.0, 0.5), "TEST.DETECTIONS_PER_IMAGE": 10})
     torch.manual_seed(0)
     model = MutualNetTrainer.build_model(cfg)
+    evaluated = []  # (width, image side) of each inference-mode forward pass, in order
+    model.register_forward_pre_hook(lambda module, args: evaluated.extend(
+        (get_width(module), int(item["image"].shape[-1])) for item in args[0] if not module.training))
     results = MutualNetTrainer.test(cfg, model)
     records = json.load(open(tmp_path / "inference" / "shapes_val" / "width_sweep.json"))
     assert [(r["width"], r["resolution_scale"]) for r in records] == [(1.0, 1.0), (1.0, 0.5), (0.25, 1.0), (0.25, 0.5)]
     assert sorted(results) == sorted(f"shapes_val/w{w:g}_s{s:g}" for w in (1.0, 0.25) for s in (1.0, 0.5))
     assert all(r["bn_stats"] == "calibrated" for r in records)  # random-init model: empty bank
     assert (0.25, 0.5) in model.bn_stats_bank
+    # the model sees each configuration's images at the test size (64 px) x scale, in the FLOPs
+    # count and in every evaluated image (60 in shapes_val), one configuration after another
+    runs = [(key, len(list(group))) for key, group in itertools.groupby(evaluated)]
+    assert [key for key, _ in runs] == [(1.0, 64), (1.0, 32), (0.25, 64), (0.25, 32)]
+    assert all(count >= len(DatasetCatalog.get("shapes_val")) == 60 for _, count in runs)
     by_config = {(r["width"], r["resolution_scale"]): r for r in records}
     for key in ("gflops", "gflops_backbone", "params"):
-        assert by_config[(1.0, 1.0)][key] >= by_config[(0.25, 1.0)][key]
+        assert by_config[(1.0, 1.0)][key] > by_config[(0.25, 1.0)][key]
     assert by_config[(1.0, 1.0)]["gflops"] > by_config[(1.0, 0.5)]["gflops"] > by_config[(0.25, 0.5)]["gflops"]
     assert by_config[(1.0, 1.0)]["gflops_backbone"] > 3 * by_config[(1.0, 0.5)]["gflops_backbone"]
     assert by_config[(1.0, 1.0)]["params"] == sum(p.numel() for p in model.parameters())
