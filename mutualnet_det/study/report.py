@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..evaluation.plots import METRIC_NAMES  # noqa: E402
 from ..evaluation.query_table import pareto_front  # noqa: E402
 
 Metric = Tuple[str, str]
@@ -93,22 +94,29 @@ def format_sizes(summary: Dict, groups: Sequence[str], scale: float = 1.0) -> st
     return "\n".join(lines) + "\n"
 
 
+def _metric_name(metric: Metric) -> str:
+    return METRIC_NAMES.get(tuple(metric), f"{metric[0]} {metric[1]}")
+
+
 def _width_curve(axis, rows: Sequence[Dict], metric: Metric, scale: float, label: str, style: str, colour) -> None:
     """Mean over seeds against width at one input scale, with the seeds' range as a band."""
     points = sorted((r for r in rows if abs(r["resolution_scale"] - scale) < 1e-6), key=lambda r: r["width"])
     widths = [r["width"] for r in points]
+    seeds = len(_seeds(points[0], metric)) if points else 0
+    label = f"{label} ({seeds} seed{'s' if seeds != 1 else ''})"
     axis.plot(widths, [r[metric[0]][metric[1]] for r in points], style, color=colour, label=label, markersize=5)
-    if points and len(_seeds(points[0], metric)) > 1:
+    if seeds > 1:
         axis.fill_between(widths, [min(_seeds(r, metric)) for r in points], [max(_seeds(r, metric)) for r in points],
                           color=colour, alpha=0.15)
 
 
-def _finish_axis(axis, title: str, ylabel: str) -> None:
-    axis.set_title(title)
-    axis.set_xlabel("width")
-    axis.set_ylabel(ylabel)
+def _finish_axis(axis, title: str, ylabel: str, widths: Sequence[float]) -> None:
+    axis.set_title(title, fontsize=10)
+    axis.set_xlabel("backbone width")
+    axis.set_xticks(sorted(set(widths)))
+    axis.set_ylabel(f"{ylabel} (0-100)")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="best")
 
 
 def _save(figure, path: str) -> str:
@@ -127,10 +135,12 @@ def plot_distillation(summary: Dict, pairs: Sequence[Tuple[str, str]], path: str
     for column, (plain, distilled) in enumerate(pairs):
         for row, metric in enumerate(metrics):
             axis = axes[row][column]
-            _width_curve(axis, summary[plain], metric, scale, f"{plain} (no distillation)", "-o", colours[0])
+            _width_curve(axis, summary[plain], metric, scale, f"{plain}, no distillation", "-o", colours[0])
             if distilled in summary:
                 _width_curve(axis, summary[distilled], metric, scale, distilled, "--s", colours[1])
-            _finish_axis(axis, f"{plain}: {metric[0]} {metric[1]} at scale {scale:g}", f"{metric[0]} {metric[1]}")
+            _finish_axis(axis, f"{plain}: {_metric_name(metric)} at input scale {scale:g}\n"
+                         "(mean over seeds; band: range over seeds where several)", _metric_name(metric),
+                         [r["width"] for r in summary[plain]])
     return _save(figure, path)
 
 
@@ -142,5 +152,7 @@ def plot_sizes(summary: Dict, groups: Sequence[str], path: str, scale: float = 1
     for axis, metric in zip(axes[0], metrics):
         for index, group in enumerate(groups):
             _width_curve(axis, summary[group], metric, scale, group, "-o", colours[index % len(colours)])
-        _finish_axis(axis, f"box {metric[1]} at scale {scale:g} (band: seed range)", f"box {metric[1]}")
+        _finish_axis(axis, f"{_metric_name(metric)} at input scale {scale:g}\n"
+                     "(mean over seeds; band: range over seeds)", _metric_name(metric),
+                     [r["width"] for group in groups for r in summary[group]])
     return _save(figure, path)
