@@ -1,8 +1,14 @@
-"""Loading weights for evaluation, demo and export: fail early, with a message, on bad files."""
+"""Checkpoints: written atomically during training, resumed from the newest readable one, and
+loaded for evaluation, demo and export with a message (not a traceback) on bad files."""
+import logging
 import os
+import re
+import tempfile
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+
+logger = logging.getLogger(__name__)
 
 BANK_PREFIX = "bn_stats_bank."
 
@@ -84,3 +90,92 @@ def check_initial_weights(cfg, resume: bool) -> None:
         "converted ImageNet MutualNet ResNet: produce it with tools/convert_mutualnet_imagenet.py "
         "(README, \"ImageNet initialisation\"), or start from random initialisation with "
         "MODEL.WEIGHTS \"\" on the command line.")
+
+
+def _write_atomically(path: str, write) -> None:
+    """`write(file)` into a temporary file beside `path`, flushed to disk, then renamed over it:
+    a kill at any moment leaves either the old file or the new one, never a truncated one."""
+    folder = os.path.dirname(path) or "."
+    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def _iteration_of(filename: str) -> float:
+    """model_0000099.pth -> 99; model_final.pth after every numbered one; others first."""
+    if filename == "model_final.pth":
+        return float("inf")
+    match = re.fullmatch(r"model_(\d+)\.pth", filename)
+    return int(match.group(1)) if match else -1
+
+
+class TrainingCheckpointer(DetectionCheckpointer):
+    """Detectron2's checkpointer for training runs, with two guarantees Detectron2 lacks:
+    - every checkpoint and `last_checkpoint` is written atomically (periodic, final and
+      interrupt checkpoints alike), so a kill during a save cannot leave a truncated file;
+    - `--resume` never needs hand-editing: if the checkpoint `last_checkpoint` names is missing
+      or unreadable, it resumes from the newest readable `model_*.pth` in the folder with a
+      warning naming both files, and with an error naming every file if none is readable."""
+
+    def save(self, name: str, **kwargs) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {path}")
+        _write_atomically(path, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        _write_atomically(os.path.join(self.save_dir, "last_checkpoint"),
+                          lambda f: f.write(last_filename_basename.encode()))
+
+    def resume_candidates(self):
+        """The checkpoint `last_checkpoint` names, then the folder's others, newest first."""
+        named = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        others = sorted((f for f in os.listdir(self.save_dir) if _iteration_of(f) >= 0),
+                        key=_iteration_of, reverse=True)
+        paths = [named] if named else []
+        return paths + [os.path.join(self.save_dir, f) for f in others if os.path.join(self.save_dir, f) != named]
+
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        if not (resume and self.has_checkpoint()):
+            return super().resume_or_load(path, resume=resume)
+        candidates = self.resume_candidates()
+        problems = []
+        for candidate in candidates:
+            if not os.path.isfile(candidate):
+                problems.append(f"{candidate} (missing)")
+                continue
+            try:
+                checkpoint = super()._torch_load(candidate)
+            except Exception as err:  # truncated zip, pickle errors: nothing is loaded yet
+                problems.append(f"{candidate} (unreadable: {type(err).__name__}: {str(err)[:120]})")
+                continue
+            if problems:
+                logger.warning(f"Resuming from {candidate}: skipped {'; '.join(problems)}")
+            self._preloaded = (candidate, checkpoint)
+            try:
+                return self.load(candidate)
+            finally:
+                self._preloaded = None
+        raise CheckpointError(f"cannot resume from {self.save_dir}: no readable checkpoint ("
+                              + "; ".join(problems) + "). Remove the bad files and last_checkpoint to "
+                              "start from MODEL.WEIGHTS, or restore a checkpoint.")
+
+    def _torch_load(self, filename):
+        preloaded = getattr(self, "_preloaded", None)
+        if preloaded and preloaded[0] == filename:  # read once while choosing, not twice
+            return preloaded[1]
+        return super()._torch_load(filename)

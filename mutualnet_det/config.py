@@ -1,7 +1,11 @@
-"""MutualNet-Det config keys, all under the MUTUALNET node, and their validation."""
+"""MutualNet-Det config keys, all under the MUTUALNET node, their validation, and loading a
+config file with every error reported before any work starts."""
+import difflib
 import math
+import os
 
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 from .width import DEFAULT_WIDTH_RANGE, validate_width, validate_width_range
 
@@ -130,4 +134,66 @@ def validate_mutualnet_config(cfg):
         except ValueError as err:
             raise ValueError(f"MUTUALNET.TEST.WIDTHS: {err}") from None
     _check_scales("MUTUALNET.TEST.RESOLUTION_SCALES", node.TEST.RESOLUTION_SCALES)
+    return cfg
+
+
+def _all_keys(node, prefix=""):
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        yield full
+        if isinstance(value, CN):
+            yield from _all_keys(value, full + ".")
+
+
+def _unknown_key_error(cfg, error, source):
+    """yacs says "Non-existent config key: X" (file) or "Non-existent key: X" (list): name the key,
+    where it came from and the keys that are close."""
+    message = str(error.args[0] if error.args else error)
+    key = message.rsplit(":", 1)[-1].strip()
+    close = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "; see docs/configuration.md for the keys"
+    return ValueError(f"unknown config key {key} in {source}{hint}")
+
+
+def check_dataset_names(cfg):
+    """DATASETS.TRAIN / DATASETS.TEST must be registered (Detectron2's builtin COCO names, the
+    embedded shapes sets, or ones a user registered): a misspelt name would otherwise surface
+    only when the evaluation starts, after the whole training."""
+    from detectron2.data import DatasetCatalog
+
+    registered = DatasetCatalog.list()
+    for key in ("TRAIN", "TEST"):
+        for name in cfg.DATASETS.get(key):
+            if name not in registered:
+                close = difflib.get_close_matches(name, registered, n=3, cutoff=0.6)
+                hint = (f"; close registered names: {', '.join(close)}" if close
+                        else "; register it first (detectron2.data.datasets.register_coco_instances)")
+                raise ValueError(f"DATASETS.{key} names {name!r}, which is not a registered dataset{hint}")
+
+
+def load_config(config_file, opts=()):
+    """The config of a command line: Detectron2's defaults, the MUTUALNET node, `config_file`
+    (with its `_BASE_` chain) and KEY VALUE `opts`, validated. Raises ValueError (or
+    FileNotFoundError) with one sentence naming the file, key or value and what is accepted."""
+    if not config_file:
+        raise ValueError("no config file given: pass --config-file configs/...yaml")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file {config_file!r} does not exist")
+    cfg = get_cfg()
+    add_mutualnet_config(cfg)
+    try:
+        cfg.merge_from_file(config_file)
+    except KeyError as error:
+        raise _unknown_key_error(cfg, error, config_file) from None
+    opts = list(opts or [])
+    if len(opts) % 2:
+        raise ValueError(f"config overrides come in KEY VALUE pairs; {opts[-1]!r} has no value")
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, AssertionError) as error:
+        if "Non-existent" not in str(error):
+            raise
+        raise _unknown_key_error(cfg, error, "the command line") from None
+    validate_mutualnet_config(cfg)
+    check_dataset_names(cfg)
     return cfg

@@ -10,31 +10,50 @@ In one process (no --num-gpus > 1), Ctrl-C or SIGTERM to this process (`kill <pi
 checkpoint and exits with 130; the same command with --resume continues from it. (A SIGTERM to
 the whole process group also kills the DataLoader workers, torch's own handler, and training
 then stops without that checkpoint. With several processes, stopping is Detectron2's and torch's.)
+
+Checkpoints are written atomically; --resume falls back to the newest readable checkpoint if the
+last one is missing or unreadable; a second training into a busy OUTPUT_DIR is refused.
+--eval-only leaves the training's OUTPUT_DIR/config.yaml alone: its config and log go to
+OUTPUT_DIR/inference/.
 """
+import os
 import signal
 import sys
+from contextlib import nullcontext
 
 import mutualnet_det  # registers backbones, meta-architecture, datasets  # noqa: F401
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from mutualnet_det import add_mutualnet_config, validate_mutualnet_config
 from mutualnet_det.checkpoint import CheckpointError, check_initial_weights, load_weights
+from mutualnet_det.config import load_config
+from mutualnet_det.engine.output_lock import training_lock
 from mutualnet_det.engine.trainer import MutualNetTrainer
 
 
-def setup(args):
-    cfg = get_cfg()
-    add_mutualnet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    validate_mutualnet_config(cfg)
+def build_config(args):
+    """The validated config of this command line (every config error here, before any work)."""
+    cfg = load_config(args.config_file, args.opts)
     if not args.eval_only:
         check_initial_weights(cfg, args.resume)  # before any work, with how to make the file
     cfg.freeze()
-    default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mutualnet_det")
+    return cfg
+
+
+def setup(args):
+    cfg = build_config(args)
+    # Detectron2's default_setup writes config.yaml and the log into the folder it is given: an
+    # evaluation writes its own into OUTPUT_DIR/inference/, never over the training's.
+    setup_cfg = cfg
+    if args.eval_only:
+        setup_cfg = cfg.clone()
+        setup_cfg.defrost()
+        setup_cfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "inference")
+    default_setup(setup_cfg, args)
+    if args.eval_only and comm.is_main_process():  # the evaluated config as it is, OUTPUT_DIR included
+        with open(os.path.join(setup_cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+            f.write(cfg.dump())
+    setup_logger(setup_cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mutualnet_det")
     return cfg
 
 
@@ -52,11 +71,19 @@ def main(args):
     return trainer.train()
 
 
+def run(args):
+    """Check the config, hold OUTPUT_DIR for a training, then Detectron2's launch."""
+    cfg = build_config(args)
+    training = not args.eval_only and args.machine_rank == 0  # one lock per OUTPUT_DIR, not per machine
+    with training_lock(cfg.OUTPUT_DIR) if training else nullcontext():
+        return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+                      dist_url=args.dist_url, args=(args,))
+
+
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     try:
-        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,))
+        run(args)
     except (ValueError, KeyError, CheckpointError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:  # CheckpointOnInterrupt has saved and said so: no traceback

@@ -8,13 +8,13 @@ import sys
 import threading
 import weakref
 
-from detectron2.checkpoint import DetectionCheckpointer
 import torch
 from detectron2.engine import DefaultTrainer, HookBase, TrainerBase, create_ddp_model, hooks
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 
 from ..bn_calibration import calibrate_bn, calibration_batches
+from ..checkpoint import TrainingCheckpointer
 from ..config import validate_mutualnet_config
 from ..evaluation.width_sweep import build_evaluator, run_width_sweep, sweep_configurations
 from ..width import set_width, width_range_of
@@ -110,7 +110,7 @@ class MutualNetTrainer(DefaultTrainer):
                                         precision=step_precision(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE),
                                         clip_grad_norm_per_member=cfg.MUTUALNET.TRAIN.CLIP_GRAD_NORM_PER_MEMBER)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = TrainingCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

@@ -3,9 +3,11 @@
 For each configuration: set the width and its calibrated BN statistics (calibrating first when
 the checkpoint's bank lacks them), rescale the test inputs, run Detectron2's COCOEvaluator, and
 measure GFLOPs and parameters used. Results go to
-OUTPUT_DIR/inference/<dataset>/width_sweep.{json,csv}.
+OUTPUT_DIR/inference/<dataset>/width_sweep.{json,csv} (the newest sweep; each sweep also keeps its own
+width_sweep_<date>T<time>.{json,csv}).
 """
 import csv
+import datetime
 import itertools
 import json
 import logging
@@ -56,21 +58,34 @@ def evaluate_configuration(cfg, model, dataset_name, width, scale, calibration_b
     return record
 
 
+def _free_stem(folder: str, stem: str) -> str:
+    """`stem`, or `stem_2`, `stem_3`, ... if a file of that stem exists (two sweeps in one second)."""
+    candidate, number = stem, 1
+    while os.path.exists(os.path.join(folder, candidate + ".json")):
+        number += 1
+        candidate = f"{stem}_{number}"
+    return candidate
+
+
 def write_sweep(records: List[Dict], folder: str) -> str:
-    """Write width_sweep.csv and width_sweep.json into `folder`; return the json path. The json is
-    written last and whole (renamed into place): its presence means a finished sweep."""
+    """Write this sweep as width_sweep_<date>T<time>.{csv,json} into `folder`, and the same as
+    width_sweep.{csv,json}, the newest sweep under the usual name; return that json's path. An
+    earlier sweep keeps its own stamped files. Each json is written last and whole (renamed into
+    place): its presence means a finished sweep."""
     os.makedirs(folder, exist_ok=True)
-    json_path = os.path.join(folder, "width_sweep.json")
     columns = ["width", "resolution_scale", "gflops", "gflops_backbone", "params", "bn_stats"]
     rows = [[r[c] for c in columns] + [r.get(t, {}).get(m) for t in ("bbox", "segm") for m in METRICS]
             for r in records]
-    with open(os.path.join(folder, "width_sweep.csv"), "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns + [f"{t}_{m}" for t in ("bbox", "segm") for m in METRICS])
-        writer.writerows(rows)
-    with open(json_path + ".tmp", "w") as f:
-        json.dump(records, f, indent=1)
-    os.replace(json_path + ".tmp", json_path)
+    stamped = _free_stem(folder, "width_sweep_" + datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S"))
+    for stem in (stamped, "width_sweep"):
+        with open(os.path.join(folder, stem + ".csv"), "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(columns + [f"{t}_{m}" for t in ("bbox", "segm") for m in METRICS])
+            writer.writerows(rows)
+        json_path = os.path.join(folder, stem + ".json")
+        with open(json_path + ".tmp", "w") as f:
+            json.dump(records, f, indent=1)
+        os.replace(json_path + ".tmp", json_path)
     return json_path
 
 
