@@ -7,6 +7,7 @@ from helpers import tiny_cfg, toy_batch
 from tests.engine.test_sandwich_step import COHORT, RecordingSGD
 
 from mutualnet_det import set_width
+from mutualnet_det.bn_calibration import calibrate_bn
 from mutualnet_det.data.rescale import rescale_batch
 from mutualnet_det.engine.distillation import InplaceDistillation
 from mutualnet_det.engine.precision import StepPrecision, step_precision
@@ -86,9 +87,21 @@ def test_amp_training_banks_float32_statistics(tmp_path):
     trainer = MutualNetTrainer(cfg)
     assert trainer._trainer.precision.name == "bfloat16" and trainer._trainer.precision.grad_scaler is None
     trainer.train()
-    bank = trainer.model.bn_stats_bank
-    assert bank.configurations() == [(0.25, 1.0), (1.0, 1.0)]
-    assert all(t.dtype == torch.float32 for entry in bank.bank.values() for t in entry.values())
+    model = trainer.model
+    assert model.bn_stats_bank.configurations() == [(0.25, 1.0), (1.0, 1.0)]
+    # calibration disables autocast: called inside a bfloat16 autocast region (as from an AMP
+    # training loop) it banks the statistics float32 calibration banks (with bfloat16 convolutions
+    # they would differ by about bfloat16's resolution, 1e-3 relative)
+    batches = [toy_batch(seed=seed) for seed in (1, 2)]
+    banked = {}
+    for autocast_on in (False, True):
+        torch.manual_seed(5)  # the same RoI sampling in both runs
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_on):
+            calibrate_bn(model, iter(batches), 0.25, 1.0, num_batches=2)
+        banked[autocast_on] = dict(model.bn_stats_bank.bank["w0p2500_s1p0000"])
+    assert banked[True].keys() == banked[False].keys()
+    for name, float32_stats in banked[False].items():
+        assert torch.allclose(banked[True][name], float32_stats, rtol=1e-5, atol=1e-6), name
 
 
 def test_grad_scaler_skips_the_step_on_inf_and_unscales_once():
@@ -110,6 +123,44 @@ def test_grad_scaler_skips_the_step_on_inf_and_unscales_once():
     precision.step(optimizer)
     assert optimizer.steps == 1 and torch.equal(layer.weight, before)  # skipped
     assert precision.grad_scaler.get_scale() < scale
+
+
+def test_scaled_sandwich_step_clips_and_logs_the_true_gradient():
+    """The CUDA float16 path's scaler, run on CPU in float32 (a GradScaler with a real scale, 2^10):
+    the step unscales before the norm and the clipping, so grad_norm and the clipped gradients the
+    optimizer steps with are the unscaled step's (scaling by a power of two is exact in float32).
+    The scaler's state goes through the trainer's state_dict into a new trainer."""
+    def step(precision):
+        torch.manual_seed(0)
+        model = build_model(tiny_cfg()).train()
+        optimizer = RecordingSGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+        trainer = SandwichTrainer(model, [toy_batch()] * 2, optimizer, cohort_of=lambda i: COHORT,
+                                  precision=precision, clip_grad_norm_per_member=1e-3)
+        torch.manual_seed(123)
+        with EventStorage(0) as storage:
+            trainer.iter = 0
+            trainer.run_step()
+        return trainer, optimizer, storage.latest()
+
+    scaled_precision = StepPrecision("cpu", use_grad_scaler=True)
+    scaler_state = scaled_precision.grad_scaler.state_dict()
+    scaled_precision.grad_scaler.load_state_dict(dict(scaler_state, scale=2.0 ** 10))
+    _, plain, plain_metrics = step(StepPrecision("cpu"))
+    trainer, scaled, scaled_metrics = step(scaled_precision)
+    assert scaled.steps == plain.steps == 1
+    assert plain_metrics["grad_norm"][0] > 3e-3 and scaled_metrics["grad_clipped"][0] == 1.0
+    assert scaled_metrics["grad_norm"][0] == pytest.approx(plain_metrics["grad_norm"][0], rel=1e-5)
+    for expected, actual in zip(plain.grads, scaled.grads):
+        assert (expected is None) == (actual is None)
+        if expected is not None:
+            assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-9)
+    # the scale survives the step (finite gradients, growth after 2000 steps) and a resume
+    state = trainer.state_dict()
+    assert state["grad_scaler"]["scale"] == 2.0 ** 10 and state["grad_scaler"]["_growth_tracker"] == 1
+    resumed = SandwichTrainer(trainer.model, [toy_batch()], RecordingSGD(scaled.param_groups[0]["params"], lr=0.0),
+                              cohort_of=lambda i: COHORT, precision=StepPrecision("cpu", use_grad_scaler=True))
+    resumed.load_state_dict(state)
+    assert resumed.precision.grad_scaler.state_dict() == state["grad_scaler"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="float16 autocast with GradScaler needs CUDA")

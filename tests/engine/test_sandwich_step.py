@@ -1,4 +1,6 @@
 """The sandwich step against a manual computation, and the distillation term."""
+import contextlib
+
 import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
@@ -9,6 +11,7 @@ from mutualnet_det.data.rescale import rescale_batch, scale_factors
 from mutualnet_det.engine.cohort import CohortMember
 from mutualnet_det.engine.distillation import InplaceDistillation, capture_forward, distillation_loss
 from mutualnet_det.engine.sandwich_trainer import SandwichTrainer, clip_summed_gradient
+from mutualnet_det.width import get_width
 
 COHORT = [CohortMember(1.0, 1.0), CohortMember(0.6, 0.8), CohortMember(0.25, 0.6)]
 
@@ -54,9 +57,52 @@ def test_one_step_with_the_sum_of_member_gradients():
     assert any(e.abs().sum() > 0 for e in manual)
     # the total gradient norm is logged before the step
     assert abs(storage.latest()["grad_norm"][0] - torch.linalg.vector_norm(torch.stack([g.norm() for g in manual]))) < 1e-4
-    # a narrow member touches only the first channels of the stem; the widest touches all
-    assert storage.latest()["cohort/member2_width"][0] == 0.25
-    assert storage.latest()["cohort/member1_resolution_scale"][0] == 0.8
+    # each member's width and resolution scale are logged, the widest first
+    latest = storage.latest()
+    assert [latest[f"cohort/member{i}_width"][0] for i in range(3)] == [1.0, 0.6, 0.25]
+    assert [latest[f"cohort/member{i}_resolution_scale"][0] for i in range(3)] == [1.0, 0.8, 0.6]
+
+
+class CountingDDP(torch.nn.Module):
+    """A stand-in for DistributedDataParallel: `.module`, a forward that delegates, and a `no_sync`
+    context that records the model's width on entry; `syncing` says whether gradients would be
+    all-reduced now (outside no_sync)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        self.no_sync_widths, self.syncing = [], True
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.no_sync_widths.append(get_width(self.module))
+        self.syncing = False
+        try:
+            yield
+        finally:
+            self.syncing = True
+
+
+def test_gradients_are_all_reduced_once_in_the_last_members_backward():
+    """Under data parallelism each member but the last runs forward and backward inside
+    no_sync, so DDP all-reduces the accumulated gradients once, in the last member's backward."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).train()
+    wrapper = CountingDDP(model)
+    stem_weight = model.backbone.bottom_up.stem.conv1.weight  # every member's backward reaches it
+    backward_syncing = []
+    stem_weight.register_hook(lambda grad: backward_syncing.append(wrapper.syncing))
+    optimizer = RecordingSGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    trainer = SandwichTrainer(wrapper, [toy_batch()] * 2, optimizer, cohort_of=lambda iteration: COHORT)
+    with EventStorage(0):
+        trainer.iter = 0
+        trainer.run_step()
+    assert wrapper.no_sync_widths == [1.0, 0.6]
+    assert backward_syncing == [False, False, True]
+    assert optimizer.steps == 1
 
 
 def test_a_step_forgets_statistics_banked_for_the_previous_weights():
