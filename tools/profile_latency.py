@@ -16,36 +16,13 @@ import os
 import sys
 
 import mutualnet_det  # noqa: F401  (registration; before other Detectron2 imports)
-from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
-from mutualnet_det import add_mutualnet_config, validate_mutualnet_config
-from mutualnet_det.checkpoint import CheckpointError, load_weights
-from mutualnet_det.runtime.contention import usable_cpus
-from mutualnet_det.engine.trainer import MutualNetTrainer
+from mutualnet_det.checkpoint import CheckpointError
 from mutualnet_det.evaluation.query_table import load_sweep
-from mutualnet_det.runtime.latency import (check_sweep_matches_model, format_latency_table, profile_latency,
-                                   validation_images, write_latency_table)
-
-
-def load_trained(config_file, opts=(), weights=None):
-    """(cfg, model in eval mode with its weights and BN stats bank) for a trained config."""
-    if not os.path.isfile(config_file):
-        raise ValueError(f"config file {config_file!r} does not exist")
-    cfg = get_cfg()
-    add_mutualnet_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    cfg.MODEL.WEIGHTS = weights or cfg.MODEL.WEIGHTS or os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-    validate_mutualnet_config(cfg)
-    cfg.freeze()
-    model = MutualNetTrainer.build_model(cfg)
-    load_weights(model, cfg.MODEL.WEIGHTS)
-    return cfg, model.eval()
-
-
-def default_sweep(cfg):
-    return os.path.join(cfg.OUTPUT_DIR, "inference", cfg.DATASETS.TEST[0], "width_sweep.json")
+from mutualnet_det.runtime.contention import usable_cpus
+from mutualnet_det.runtime.latency import (check_sweep_matches_model, default_sweep_path, format_latency_table,
+                                           load_trained, profile_latency, validation_images, write_latency_table)
 
 
 def get_parser():
@@ -76,7 +53,7 @@ def main(argv=None):
         raise ValueError(f"--threads {' '.join(map(str, args.threads))}: this process may run on {cores} core(s); "
                          "more threads than cores are never chosen at run time")
     cfg, model = load_trained(args.config_file, args.opts, args.weights)
-    sweep_path = args.sweep or default_sweep(cfg)
+    sweep_path = args.sweep or default_sweep_path(cfg)
     sweep = load_sweep(sweep_path)
     metric = tuple(args.metric.split("."))
     if len(metric) != 2 or metric[0] not in sweep[0] or metric[1] not in sweep[0][metric[0]]:

@@ -123,6 +123,42 @@ def check_banked(model: nn.Module, configurations: Sequence[Configuration]) -> N
                          "belong to these weights, or they were saved before BN calibration")
 
 
+def load_trained(config_file: str, opts: Sequence = (), weights: str = None):
+    """(cfg, model) of a trained config, ready to time or run: the config file with the KEY,
+    VALUE `opts`, validated and frozen; MODEL.WEIGHTS = `weights`, else the config's, else
+    <OUTPUT_DIR>/model_final.pth (where training left it); the model built, its weights and BN
+    stats bank loaded (refusing a checkpoint that does not fit), in eval mode.
+    ValueError when the config file does not exist; CheckpointError on bad weights."""
+    from detectron2.config import get_cfg
+
+    from ..checkpoint import load_weights
+    from ..config import add_mutualnet_config, validate_mutualnet_config
+    from ..engine.trainer import MutualNetTrainer
+
+    if not os.path.isfile(config_file):
+        raise ValueError(f"config file {config_file!r} does not exist")
+    cfg = get_cfg()
+    add_mutualnet_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.MODEL.WEIGHTS = weights or cfg.MODEL.WEIGHTS or os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    validate_mutualnet_config(cfg)
+    cfg.freeze()
+    model = MutualNetTrainer.build_model(cfg)
+    load_weights(model, cfg.MODEL.WEIGHTS)
+    return cfg, model.eval()
+
+
+def default_sweep_path(cfg) -> str:
+    """Where `train_net.py --eval-only` writes the width sweep of cfg.DATASETS.TEST[0]."""
+    return os.path.join(cfg.OUTPUT_DIR, "inference", cfg.DATASETS.TEST[0], "width_sweep.json")
+
+
+def default_latency_table_path(cfg) -> str:
+    """Where tools/profile_latency.py writes the latency table by default: beside the sweep."""
+    return os.path.join(os.path.dirname(default_sweep_path(cfg)), "latency_table.json")
+
+
 def validation_images(cfg, num_images: int = None) -> List[np.ndarray]:
     """The first `num_images` (default all) images of cfg.DATASETS.TEST[0], BGR, original size."""
     from detectron2.data import DatasetCatalog

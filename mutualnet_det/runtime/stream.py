@@ -5,14 +5,27 @@ starts a `BackgroundLoad` (another process doing matrix multiplications) before 
 `summarize_stream` counts the frames within the budget and the mean metric (e.g. box AP, from the
 latency table) of the configurations used, over the whole stream and before / after the load, and
 the configurations and torch thread counts used.
+
+`stream_benchmark` runs that stream twice, with AdaptivePredictor under a budget and with the
+fixed full configuration (width 1.0, scale 1.0 at the table's largest thread count: the usual
+deployment), and `stream_markdown` reads its report (tools/adaptive_stream_benchmark.py).
 """
 import collections
+import datetime
+import itertools
 import multiprocessing
+import os
 import statistics
 from dataclasses import asdict
-from typing import Dict, Iterable, List, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from tqdm import tqdm
+
+from .latency import configuration_of, fronts_by_threads, threads_of, validation_images
+
+FULL_CONFIGURATION = (1.0, 1.0)  # (width, resolution scale) of the fixed baseline
+BUDGET_HEADROOM = 1.2  # default budget: the full configuration's table time x this (20% headroom)
+WARMUP_IMAGES = 5  # untimed frames per thread count before the streams
 
 
 def _multiply_until_stopped(stop, ready, threads: int, size: int) -> None:
@@ -106,3 +119,102 @@ def summarize_stream(frames: Sequence, budget_ms: float, load_from_frame: int) -
 
 def frame_rows(frames: Sequence) -> List[Dict]:
     return [asdict(f) for f in frames]
+
+
+def full_configuration(table: Dict, threads: int) -> Optional[Dict]:
+    """The table's width 1.0 / scale 1.0 record timed at `threads` torch threads, or None."""
+    return next((r for r in table["configurations"]
+                 if configuration_of(r) == FULL_CONFIGURATION and threads_of(r, table) == threads), None)
+
+
+def default_budget_ms(table: Dict) -> float:
+    """BUDGET_HEADROOM x the table's time (ms) of width 1.0 / scale 1.0 at its largest thread
+    count, to 0.1 ms: a budget sized for the full model on an idle device."""
+    return round(BUDGET_HEADROOM * fixed_baseline(table)["latency_ms"], 1)
+
+
+def fixed_baseline(table: Dict, table_path: str = None) -> Dict:
+    """The record the fixed stream runs: width 1.0 / scale 1.0 at the table's largest thread
+    count. ValueError (naming `table_path` when given) when the table has none."""
+    threads = list(fronts_by_threads(table))[-1]
+    full = full_configuration(table, threads)
+    if full is None:
+        name = "the latency table" + (f" {table_path!r}" if table_path else "")
+        raise ValueError(f"{name} has no width 1.0 / scale 1.0 configuration at {threads} threads to compare with")
+    return full
+
+
+def stream_benchmark(cfg, model, table: Dict, table_path: str, budget_ms: float = None, frames: int = 160,
+                     load_threads: int = 1, load_size: int = 512,
+                     make_load: Callable[[int, int], BackgroundLoad] = BackgroundLoad) -> Dict:
+    """The adaptive stream report: `frames` validation images (cycled) through AdaptivePredictor
+    (key "adaptive") and through the fixed full configuration at the table's largest thread count
+    ("fixed_w1.0_s1.0"), each with `make_load(load_threads, load_size)` started before frame
+    frames // 2; budget_ms defaults to `default_budget_ms`. Before the streams, WARMUP_IMAGES
+    untimed frames at the full configuration of every thread count the streams may use.
+
+    Returns {date, device, device_name, setting, table, weights, metric, table_threads, budget_ms,
+    frames, load_from_frame, load_threads, load_size, summaries: {name: summarize_stream},
+    per_frame: {name: frame_rows}, load_average_at_start: {name: os.getloadavg() (1, 5, 15 min)}}."""
+    from .adaptive import AdaptivePredictor, FixedPolicy
+
+    table_threads = list(fronts_by_threads(table))
+    full = fixed_baseline(table, table_path)
+    budget_ms = budget_ms or default_budget_ms(table)
+    images = validation_images(cfg)
+    stream = list(itertools.islice(itertools.cycle(images), frames))
+    load_from_frame = frames // 2
+    for threads in table_threads:  # untimed, at every thread count the streams may use
+        warm_up = AdaptivePredictor(cfg, model, table, budget_ms, policy=FixedPolicy(full_configuration(table, threads) or full))
+        for image in images[:WARMUP_IMAGES]:
+            warm_up(image)
+    runs = {"adaptive": AdaptivePredictor(cfg, model, table, budget_ms),
+            "fixed_w1.0_s1.0": AdaptivePredictor(cfg, model, table, budget_ms, policy=FixedPolicy(full))}
+    report = {"date": datetime.date.today().isoformat(), "device": table["device"], "device_name": table["device_name"],
+              "setting": table["setting"],
+              "table": os.path.abspath(table_path), "weights": os.path.abspath(cfg.MODEL.WEIGHTS),
+              "metric": table["metric"], "table_threads": table_threads, "budget_ms": budget_ms, "frames": frames,
+              "load_from_frame": load_from_frame,
+              "load_threads": load_threads, "load_size": load_size, "summaries": {}, "per_frame": {},
+              "load_average_at_start": {}}
+    for name, predictor in runs.items():
+        tqdm.write(f"stream: {name}")
+        report["load_average_at_start"][name] = os.getloadavg()  # other work on the machine (1, 5, 15 min)
+        run = run_stream(predictor, stream, make_load(load_threads, load_size), load_from_frame)
+        report["summaries"][name] = summarize_stream(run, budget_ms, load_from_frame)
+        report["per_frame"][name] = frame_rows(run)
+    return report
+
+
+def _counts(counts: Dict) -> str:
+    return ", ".join(f"{key}: {count}" for key, count in counts.items())
+
+
+def stream_markdown(report: Dict) -> str:
+    """The stream report as Markdown: the setting, one row per predictor (share of frames within
+    the budget, mean metric, median ms with the load, switches, frames per thread count), the
+    adaptive predictor's configurations, and the target (>= 90% within the budget where the fixed
+    one keeps < 50%)."""
+    lines = [f"# Adaptive stream {report['date']} on {report['device_name']} ({report['setting']} slimmable model)", "",
+             f"{report['frames']} validation images (cycled); latency table profiled at torch thread count(s) "
+             f"{', '.join(map(str, report['table_threads']))}; budget {report['budget_ms']:.1f} ms per frame; from frame "
+             f"{report['load_from_frame']} another process multiplies {report['load_size']}x{report['load_size']} "
+             f"matrices on {report['load_threads']} thread(s). AP: the {'.'.join(report['metric'])} of the configuration "
+             "used, from the latency table (the sweep's value), averaged over frames. Load average (1, 5, 15 min) "
+             f"when each stream started: "
+             + ", ".join(f"{name} {' / '.join(f'{x:.2f}' for x in load)}" for name, load in report["load_average_at_start"].items())
+             + ".", "",
+             "| predictor | within budget (all) | before load | with load | mean AP (all) | before load | with load | median ms with load | switches | frames per thread count |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in report["summaries"].items():
+        lines.append(f"| {name} | {s['all']['within_budget']:.1%} | {s['before_load']['within_budget']:.1%} | "
+                     f"{s['with_load']['within_budget']:.1%} | {s['all']['mean_metric']:.2f} | "
+                     f"{s['before_load']['mean_metric']:.2f} | {s['with_load']['mean_metric']:.2f} | "
+                     f"{s['with_load']['median_ms']:.1f} | {s['switches']} | {_counts(s['threads_used'])} |")
+    adaptive = report["summaries"]["adaptive"]
+    lines += ["", f"Configurations used by the adaptive predictor: {_counts(adaptive['configurations_used'])}; median switch "
+              f"{adaptive['median_switch_ms'] if adaptive['median_switch_ms'] is None else round(adaptive['median_switch_ms'], 2)} ms; "
+              f"frames with the load before its first frame within the budget: {adaptive['frames_with_load_before_first_within']}.",
+              "", "Target: >= 90% of frames within the budget for the adaptive predictor where the fixed one keeps < 50%: "
+              f"{adaptive['all']['within_budget']:.1%} vs {report['summaries']['fixed_w1.0_s1.0']['all']['within_budget']:.1%}."]
+    return "\n".join(lines) + "\n"
