@@ -80,13 +80,28 @@ def run(args):
                       dist_url=args.dist_url, args=(args,))
 
 
+def failure_message(err: BaseException) -> str:
+    """One line for the terminal: what failed, and the trainer's note (iteration, checkpoint,
+    how to resume). The traceback is in OUTPUT_DIR/log.txt (Detectron2 logs it there)."""
+    lines = str(err).strip().splitlines() or [""]
+    cause = lines[-1] if "Traceback" in str(err) else lines[0]  # a DataLoader worker's error: its last line
+    notes = "; ".join(getattr(err, "__notes__", []))
+    return f"error: {type(err).__name__}: {cause}" + (f" ({notes})" if notes else "")
+
+
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     try:
         run(args)
     except (ValueError, KeyError, CheckpointError, FileNotFoundError) as err:
+        if getattr(err, "__notes__", None):  # raised inside training (e.g. a NaN loss): say where
+            sys.exit(failure_message(err))
         sys.exit(f"error: {err}")
-    except KeyboardInterrupt:  # CheckpointOnInterrupt has saved and said so: no traceback
+    except KeyboardInterrupt:  # CheckpointOnFailure has saved and said so: no traceback
         print("interrupted" if args.eval_only else "interrupted; run the same command with --resume to continue",
               file=sys.stderr)
         sys.exit(130)
+    except Exception as err:  # anything else inside training: one line, the checkpoint already saved
+        if not getattr(err, "__notes__", None):
+            raise
+        sys.exit(failure_message(err))

@@ -48,6 +48,7 @@ class SandwichTrainer(SimpleTrainer):
 
     def run_step(self):
         assert self.model.training, "[SandwichTrainer] model was changed to eval mode!"
+        self._remember_buffers()
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
@@ -79,8 +80,26 @@ class SandwichTrainer(SimpleTrainer):
         self.after_backward()
         self._write_cohort_metrics(member_losses, data_time, grad_norm, len(cohort))
         self.precision.step(self.optimizer)  # Detectron2's per-parameter clipping (if on) runs in here
+        self.stepped_iter = self.iter  # the last good state, for a checkpoint if training fails later
         if hasattr(model, "bn_stats_bank"):  # e.g. from a periodic evaluation: stale for the new weights
             model.bn_stats_bank.clear()
+
+    def _remember_buffers(self):
+        """Copy the model's buffers (BN running statistics) before the step: the members'
+        forwards update them, so a step that fails half-way can hand back the state before it."""
+        self._buffers_before_step = {name: buffer.clone() for name, buffer in unwrap(self.model).named_buffers()
+                                     if not name.startswith("bn_stats_bank.")}
+
+    def restore_last_good_state(self) -> int:
+        """Undo what a failed step changed (buffers; weights change only in the optimizer step,
+        the step's last act) and return the last iteration whose step completed (-1: none)."""
+        stepped = getattr(self, "stepped_iter", -1)
+        if stepped != self.iter and getattr(self, "_buffers_before_step", None):
+            buffers = dict(unwrap(self.model).named_buffers())
+            with torch.no_grad():
+                for name, value in self._buffers_before_step.items():
+                    buffers[name].copy_(value)
+        return stepped
 
     def _forward(self, inputs):
         """The member's loss dict, and what the distillation hooks captured (None without it)."""

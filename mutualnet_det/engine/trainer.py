@@ -64,17 +64,38 @@ class BNCalibrationHook(HookBase):
         set_width(model, self.cfg.MUTUALNET.WIDTH_RANGE[1])
 
 
-class CheckpointOnInterrupt(HookBase):
-    """Save a checkpoint when training is interrupted (Ctrl-C), so `--resume` loses nothing.
+class CheckpointOnFailure(HookBase):
+    """When training stops early, for any reason (Ctrl-C or SIGTERM, an unreadable image, a NaN
+    loss, out of memory), save a checkpoint of the last good state so `--resume` loses nothing.
 
-    Not after other errors: a run that failed on NaN losses must not resume from its weights."""
+    The last good state is the last iteration whose optimizer step was taken (the sandwich
+    step records it): a failure before the step leaves the weights of the iteration before, and
+    resuming runs the failed iteration again. Weights that are not finite are never saved (the
+    periodic checkpoints before them stay). The exception gets a note saying which iteration
+    failed and how to resume; tools/train_net.py prints it."""
 
     def after_train(self):
-        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
-        if interrupted and self.trainer.iter + 1 < self.trainer.max_iter and comm.is_main_process():
-            with _signals_ignored(signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not truncate it
-                self.trainer.checkpointer.save(f"model_{self.trainer.iter:07d}", iteration=self.trainer.iter)
-            logger.info(f"Interrupted at iteration {self.trainer.iter}: checkpoint saved; continue with --resume")
+        error = sys.exc_info()[1]
+        trainer = self.trainer
+        if error is None or trainer.iter >= trainer.max_iter:
+            return
+        completed = trainer._trainer.restore_last_good_state()
+        note = f"training stopped at iteration {trainer.iter}"
+        model = unwrap(trainer.model)
+        if completed < trainer.start_iter:
+            note += "; no step was completed since the run started, so nothing new to save"
+        elif not all(torch.isfinite(p).all() for p in model.parameters()):
+            note += "; the weights are not finite, so no checkpoint was saved (the last periodic one stays)"
+        elif comm.is_main_process():
+            name = f"model_{completed:07d}"
+            trainer.iter = completed  # the checkpointer saves the trainer's iteration: the completed one
+            with _signals_ignored(signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not interrupt it
+                trainer.checkpointer.save(name, iteration=completed)
+            note += f"; saved {name}.pth (after iteration {completed})"
+        note += "; continue with the same command and --resume"
+        logger.info(note)
+        if hasattr(error, "add_note"):  # Python >= 3.11
+            error.add_note(note)
 
 
 @contextlib.contextmanager
@@ -124,7 +145,7 @@ class MutualNetTrainer(DefaultTrainer):
             hook_list[position] = hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD,
                                                              max_to_keep=self.cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP)
         hook_list.insert(position, BNCalibrationHook(self.cfg))  # the final checkpoint then holds the bank
-        return hook_list + [CheckpointOnInterrupt()]
+        return hook_list + [CheckpointOnFailure()]
 
     @classmethod
     def build_optimizer(cls, cfg, model):
