@@ -188,7 +188,14 @@ def test_summarize_writes_the_report_and_its_plots(tmp_path):
     assert "| 1 | 1 | +10.0, +13.0 | +11.5 | 4.0 | yes |" in report
     assert "| MutualNet | <= 2.00 | 0.5 | 1 | 16.0 | 16.0 |" in report  # front: width 0.5 then 1.0
     assert (tmp_path / "distillation.png").stat().st_size > 10000 and (tmp_path / "object_sizes.png").is_file()
-    assert "box APm" in (tmp_path / "table.md").read_text()
+    table = (tmp_path / "table.md").read_text()
+    assert "box APm" in table
+    # ± is half the range over seeds, by hand: AP and APm 30, 34 -> 32.0 ±2.0 (width 1.0), 15, 17 ->
+    # 16.0 ±1.0 (width 0.5); APs, APl equal over seeds -> ±0.0; US-Net 20, 21 -> 20.5 ±0.5; one seed: no ±
+    assert "| MutualNet | 1 | 1 | 4.00 | " + " | ".join(["32.0 ±2.0", "1.0 ±0.0", "32.0 ±2.0", "2.0 ±0.0"] * 2) + " |" in table
+    assert "| MutualNet | 0.5 | 1 | 2.00 | 16.0 ±1.0 | 1.0 ±0.0 | 16.0 ±1.0 |" in table
+    assert "| US-Net | 1 | 1 | 4.00 | 20.5 ±0.5 |" in table
+    assert "| MutualNet + distill | 1 | 1 | 4.00 | 29.0 | 1.0 | 29.0 | 2.0 |" in table
 
 
 def test_a_study_folder_trains_every_run_with_its_config_and_refuses_another(tmp_path, monkeypatch):
