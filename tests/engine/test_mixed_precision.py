@@ -53,7 +53,6 @@ def test_bfloat16_step_equals_the_manual_sum_of_member_gradients_under_autocast(
     optimizer, _ = amp_step(model, batch, step_precision(True, "cpu"))
     assert optimizer.steps == 1
     for expected, actual in zip(manual, optimizer.grads):
-        assert actual.dtype == torch.float32  # gradients of float32 parameters
         assert torch.allclose(actual, expected, rtol=BF16_RTOL, atol=BF16_ATOL)
     assert any(e.abs().sum() > 0 for e in manual)
 
