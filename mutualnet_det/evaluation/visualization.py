@@ -4,9 +4,16 @@ Each panel is Detectron2's Visualizer drawing of one model's detections (masks, 
 score) at one (width, resolution scale), every detection tagged S/M/L by COCO's area thresholds
 (mask area when masks are predicted, else box area), under a title bar with the method, width,
 scale, GFLOPs of that configuration and the number of detections of each size.
+
+demo/demo.py's work lives here too: which images to render (`select_records`, `expand_inputs`,
+`read_frames`), the models to render (`load_slimmable_predictor`), and the two loops that write
+its files (`render_comparison_files`, `render_adaptive_files`).
 """
+import csv
+import glob
+import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,6 +21,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image, ImageDraw, ImageFont
 from pycocotools import mask as mask_util
+from tqdm import tqdm
 
 from ..bn_calibration import use_configuration
 from ..data.rescale import scaled_test_input
@@ -23,6 +31,9 @@ SMALL_MAX_AREA = 32 ** 2  # COCO: small < 32^2, large > 96^2 (pixels, original i
 LARGE_MIN_AREA = 96 ** 2
 SIZE_CLASSES = ("small", "medium", "large")
 TITLE_HEIGHT = 44
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # taken from a directory input
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")  # read frame by frame
+METHOD_LABELS = {"mutualnet": "MutualNet", "usnet": "US-Net", "single": "single"}  # by MUTUALNET.TRAIN.METHOD
 
 
 def size_class(area: float) -> str:
@@ -168,3 +179,139 @@ def render_comparison(image_bgr, predictors: Sequence[SlimmablePredictor], width
             row.append(ground_truth_panel(image_rgb, dataset_dict, metadata))
         rows.append(row)
     return compose_grid(rows), rows
+
+
+def method_label(cfg) -> str:
+    """The panel title's name of the training method (MUTUALNET.TRAIN.METHOD, "+distill" with
+    inplace distillation)."""
+    return METHOD_LABELS[cfg.MUTUALNET.TRAIN.METHOD] + ("+distill" if cfg.MUTUALNET.TRAIN.INPLACE_DISTILL else "")
+
+
+def load_slimmable_predictor(config_file: str, opts: Sequence = (), weights: str = None) -> SlimmablePredictor:
+    """A SlimmablePredictor of a trained config (`runtime.latency.load_trained`: weights `weights`,
+    else MODEL.WEIGHTS, else <OUTPUT_DIR>/model_final.pth), calibrating BN statistics on training
+    batches for configurations its checkpoint has not banked."""
+    from ..bn_calibration import calibration_batches
+    from ..runtime.latency import load_trained
+
+    cfg, model = load_trained(config_file, opts, weights)
+    return SlimmablePredictor(cfg, model, method_label(cfg), calibration_batches(cfg))
+
+
+def select_records(dataset_dicts: Sequence[Dict], num_images: int, most_small: int = 0, most_large: int = 0) -> List[Dict]:
+    """The dataset records to render: by object size (`pick_by_object_size`) when `most_small` or
+    `most_large` is set, else the first `num_images`."""
+    if most_small or most_large:
+        return pick_by_object_size(dataset_dicts, most_small, most_large)
+    return list(dataset_dicts[:num_images])
+
+
+def expand_inputs(patterns: Sequence[str]) -> List[str]:
+    """Image paths of the inputs, in order: a directory's image files (sorted), a glob's matches
+    (sorted), or the path itself when nothing matches (a missing file is reported when read)."""
+    paths = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            paths += sorted(os.path.join(pattern, f) for f in os.listdir(pattern) if f.lower().endswith(IMAGE_EXTENSIONS))
+        else:
+            matched = sorted(glob.glob(os.path.expanduser(pattern)))
+            paths += matched or [pattern]
+    return paths
+
+
+def is_video(path: str) -> bool:
+    return path.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def read_frames(path: str) -> Iterator[Tuple[int, np.ndarray]]:
+    """(frame number, BGR image) of a video file, or (0, image) of an image file."""
+    import cv2
+    from detectron2.data.detection_utils import read_image
+
+    if not is_video(path):
+        yield 0, read_image(path, format="BGR")
+        return
+    video = cv2.VideoCapture(path)
+    if not video.isOpened():
+        raise ValueError(f"cannot open video {path!r}")
+    try:
+        number = 0
+        while True:
+            ok, frame = video.read()
+            if not ok:
+                break
+            yield number, frame
+            number += 1
+    finally:
+        video.release()
+
+
+def render_comparison_files(items: Sequence[Tuple[str, Optional[Dict]]], predictors: Sequence[SlimmablePredictor],
+                            widths: Sequence[float], resolution_scale: float, metadata, threshold: float,
+                            output: str) -> int:
+    """<output>/<stem>_comparison.png (`render_comparison`) for each (path, dataset record or
+    None); an unreadable image is skipped with a message. Returns the number skipped."""
+    import cv2
+    from detectron2.data.detection_utils import read_image
+
+    failures = 0
+    for path, dataset_dict in tqdm(items, desc="rendering"):
+        try:
+            image = read_image(path, format="BGR")
+        except Exception as err:
+            tqdm.write(f"skipped {path}: cannot read it as an image ({type(err).__name__}: {err})")
+            failures += 1
+            continue
+        canvas, _ = render_comparison(image, predictors, widths, resolution_scale, metadata, threshold, dataset_dict)
+        out_path = os.path.join(output, os.path.splitext(os.path.basename(path))[0] + "_comparison.png")
+        cv2.imwrite(out_path, canvas[:, :, ::-1])
+        tqdm.write(f"wrote {out_path}")
+    return failures
+
+
+ADAPTIVE_LOG_COLUMNS = ("input", "frame", "width", "resolution_scale", "threads", "latency_ms", "switch_ms", "within_budget")
+
+
+def render_adaptive_files(predictor, paths: Sequence[str], metadata, budget_ms: float, threshold: float,
+                          output: str) -> Tuple[str, int]:
+    """Run an AdaptivePredictor on every frame of `paths` (images or videos): <stem>_adaptive.png
+    per image, <stem>_adaptive.mp4 (10 frames/s) per video, each frame titled with the
+    configuration chosen (width, scale, torch threads) and its time against `budget_ms`, and
+    <output>/adaptive_frames.csv with one row per frame (ms to 0.001). An input that fails is
+    skipped with a message, the others still run. Returns (the CSV's path, inputs skipped)."""
+    import cv2
+
+    log_path = os.path.join(output, "adaptive_frames.csv")
+    failures = 0
+    with open(log_path, "w", newline="") as log:
+        writer = csv.writer(log)
+        writer.writerow(ADAPTIVE_LOG_COLUMNS)
+        for path in tqdm(paths, desc="adaptive"):
+            video_out, stem = None, os.path.splitext(os.path.basename(path))[0]
+            try:
+                for number, image in read_frames(path):
+                    instances = predictor(image)["instances"].to("cpu")
+                    frame = predictor.last
+                    title = (f"w {frame.width:g} s {frame.resolution_scale:g} t {frame.threads}  {frame.latency_ms:.0f}/"
+                             f"{budget_ms:g} ms{'  switched' if frame.switched else ''}")
+                    drawn = prediction_panel(image[:, :, ::-1], instances, metadata, title, threshold).image
+                    tqdm.write(f"{path} frame {number}: width {frame.width:g}, scale {frame.resolution_scale:g}, "
+                               f"{frame.threads} torch thread(s), {frame.latency_ms:.1f} ms "
+                               f"({'within' if frame.within_budget else 'over'} the budget)"
+                               + (f", switched in {frame.switch_ms:.2f} ms" if frame.switched else ""))
+                    writer.writerow([path, number, frame.width, frame.resolution_scale, frame.threads,
+                                     f"{frame.latency_ms:.3f}", f"{frame.switch_ms:.3f}", int(frame.within_budget)])
+                    if is_video(path):
+                        if video_out is None:
+                            video_out = cv2.VideoWriter(os.path.join(output, stem + "_adaptive.mp4"),
+                                                        cv2.VideoWriter_fourcc(*"mp4v"), 10, drawn.shape[1::-1])
+                        video_out.write(drawn[:, :, ::-1])
+                    else:
+                        cv2.imwrite(os.path.join(output, stem + "_adaptive.png"), drawn[:, :, ::-1])
+            except Exception as err:  # an unreadable input is skipped, the others still run
+                tqdm.write(f"skipped {path}: {type(err).__name__}: {err}")
+                failures += 1
+            finally:
+                if video_out is not None:
+                    video_out.release()
+    return log_path, failures
