@@ -13,30 +13,12 @@ import os
 import sys
 
 import mutualnet_det  # noqa: F401  (registration; before other Detectron2 imports)
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 
 from mutualnet_det import add_mutualnet_config, freeze_width, validate_mutualnet_config, validate_width
 from mutualnet_det.checkpoint import CheckpointError, load_weights
-from mutualnet_det.data.rescale import scaled_test_cfg
+from mutualnet_det.deploy.freeze import frozen_config, save_frozen  # noqa: F401  (frozen_config: tests load it here)
 from mutualnet_det.engine.trainer import MutualNetTrainer
-from mutualnet_det.modeling import head_channels_at
-
-
-def frozen_config(cfg, width, resolution_scale):
-    """A config that rebuilds the frozen model without the slimmable machinery."""
-    frozen = scaled_test_cfg(cfg, resolution_scale)
-    frozen.defrost()
-    frozen.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
-    frozen.MODEL.BACKBONE.NAME = "build_frozen_resnet_fpn_backbone"
-    frozen.MUTUALNET.FROZEN_WIDTH = width
-    frozen.MUTUALNET.CPU_ROI_ALIGN = "torchvision"  # what a stock GeneralizedRCNN pools with
-    frozen.MUTUALNET.TEST.WIDTHS = (width,)
-    frozen.MUTUALNET.TEST.RESOLUTION_SCALES = (1.0,)
-    if cfg.MUTUALNET.SLIMMABLE_HEADS:  # the stock FPN and heads of that width
-        for key, value in head_channels_at(cfg, width).items():
-            frozen.merge_from_list([key, value])
-    return frozen
 
 
 def main():
@@ -61,14 +43,8 @@ def main():
         frozen = freeze_width(model.eval(), width, args.resolution_scale)
     except (ValueError, KeyError, CheckpointError) as err:
         sys.exit(f"error: {err}")
-    os.makedirs(args.output, exist_ok=True)
-    name = f"w{width:g}" + (f"_s{args.resolution_scale:g}" if args.resolution_scale != 1.0 else "")
-    DetectionCheckpointer(frozen, args.output).save(f"model_frozen_{name}")
-    config = frozen_config(cfg, width, args.resolution_scale)
-    config.MODEL.WEIGHTS = os.path.join(args.output, f"model_frozen_{name}.pth")
-    with open(os.path.join(args.output, f"config_frozen_{name}.yaml"), "w") as f:
-        f.write(config.dump())
-    print(f"wrote {config.MODEL.WEIGHTS} and config_frozen_{name}.yaml "
+    weights_path, config_path = save_frozen(frozen, cfg, width, args.resolution_scale, args.output)
+    print(f"wrote {weights_path} and {os.path.basename(config_path)} "
           f"({sum(p.numel() for p in frozen.parameters()) / 1e6:.2f}M parameters)")
 
 

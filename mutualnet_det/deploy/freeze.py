@@ -11,6 +11,7 @@ stats bank; SyncBN and BN are the same at inference), FrozenBN -> `FrozenBatchNo
 """
 import copy
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -152,3 +153,43 @@ def build_frozen_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
     return FPN(bottom_up=freeze_backbone(slimmable, width, example), in_features=cfg.MODEL.FPN.IN_FEATURES,
                out_channels=cfg.MODEL.FPN.OUT_CHANNELS, norm=cfg.MODEL.FPN.NORM, top_block=LastLevelMaxPool(),
                fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
+
+
+def frozen_config(cfg, width: float, resolution_scale: float):
+    """A config that rebuilds `freeze_width(model, width, resolution_scale)` without the slimmable
+    machinery: GeneralizedRCNN with build_frozen_resnet_fpn_backbone at MUTUALNET.FROZEN_WIDTH,
+    the test resize already multiplied by the resolution scale (so the frozen model runs at scale
+    1.0), Detectron2's own RoI pooling, and with MUTUALNET.SLIMMABLE_HEADS the FPN and head sizes
+    of that width. Not frozen; MODEL.WEIGHTS is left to the caller."""
+    from ..data.rescale import scaled_test_cfg
+    from ..modeling.heads import head_channels_at
+
+    frozen = scaled_test_cfg(cfg, resolution_scale)
+    frozen.defrost()
+    frozen.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    frozen.MODEL.BACKBONE.NAME = "build_frozen_resnet_fpn_backbone"
+    frozen.MUTUALNET.FROZEN_WIDTH = width
+    frozen.MUTUALNET.CPU_ROI_ALIGN = "torchvision"  # what a stock GeneralizedRCNN pools with
+    frozen.MUTUALNET.TEST.WIDTHS = (width,)
+    frozen.MUTUALNET.TEST.RESOLUTION_SCALES = (1.0,)
+    if cfg.MUTUALNET.SLIMMABLE_HEADS:  # the stock FPN and heads of that width
+        for key, value in head_channels_at(cfg, width).items():
+            frozen.merge_from_list([key, value])
+    return frozen
+
+
+def save_frozen(frozen: nn.Module, cfg, width: float, resolution_scale: float, output: str):
+    """Write <output>/model_frozen_<name>.pth (Detectron2 checkpoint of `frozen`) and
+    <output>/config_frozen_<name>.yaml (`frozen_config` pointing at it); <name> is w<width>, with
+    _s<scale> when the scale is not 1.0. Returns (weights path, config path)."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    os.makedirs(output, exist_ok=True)
+    name = f"w{width:g}" + (f"_s{resolution_scale:g}" if resolution_scale != 1.0 else "")
+    DetectionCheckpointer(frozen, output).save(f"model_frozen_{name}")
+    config = frozen_config(cfg, width, resolution_scale)
+    config.MODEL.WEIGHTS = os.path.join(output, f"model_frozen_{name}.pth")
+    config_path = os.path.join(output, f"config_frozen_{name}.yaml")
+    with open(config_path, "w") as f:
+        f.write(config.dump())
+    return config.MODEL.WEIGHTS, config_path
