@@ -103,13 +103,13 @@ def test_a_stopped_training_saves_a_checkpoint_and_exits_130_saying_how_to_resum
                                cwd=REPO, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     watchdog = threading.Timer(300, process.kill)  # a training that does not stop fails, not hangs
     watchdog.start()
-    output = []
+    output, stopped = [], False
     try:
         for line in process.stdout:
             output.append(line)
-            if "Starting training from iteration" in line:
-                time.sleep(3)  # a few iterations in
-                process.send_signal(stop)
+            if " iter: " in line and not stopped:  # Detectron2's first metrics line: 20 steps done
+                process.send_signal(stop)  # once: a second signal could cut the checkpoint short
+                stopped = True
         process.wait(timeout=60)
     finally:
         watchdog.cancel()
@@ -118,5 +118,6 @@ def test_a_stopped_training_saves_a_checkpoint_and_exits_130_saying_how_to_resum
     text = "".join(output)
     assert "Traceback" not in text
     assert "interrupted; run the same command with --resume to continue" in text
+    assert (tmp_path / "out" / "last_checkpoint").is_file(), text[-3000:]
     saved = (tmp_path / "out" / "last_checkpoint").read_text()
     assert saved.startswith("model_") and (tmp_path / "out" / saved).is_file() and saved != "model_final.pth"

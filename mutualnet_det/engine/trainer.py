@@ -145,7 +145,9 @@ class MutualNetTrainer(DefaultTrainer):
             hook_list[position] = hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD,
                                                              max_to_keep=self.cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP)
         hook_list.insert(position, BNCalibrationHook(self.cfg))  # the final checkpoint then holds the bank
-        return hook_list + [CheckpointOnFailure()]
+        # First, so its after_train saves before the writers flush: the window in which a second
+        # Ctrl-C could pre-empt the save is as short as it can be.
+        return [CheckpointOnFailure()] + hook_list
 
     @classmethod
     def build_optimizer(cls, cfg, model):
