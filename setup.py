@@ -6,7 +6,7 @@ setup(
     description="MutualNet and US-Net slimmable Mask R-CNN on Detectron2",
     packages=find_packages(include=["mutualnet_det", "mutualnet_det.*"]),
     python_requires=">=3.8",
-    # Detectron2 is not on PyPI: tools/install_detectron2.py installs it (see README).
+    # Detectron2 is not on PyPI: tools/install_detectron2.py installs it (see docs/installation.md).
     install_requires=["torch>=2.1", "torchvision", "fvcore", "pycocotools", "faster-coco-eval",
                       "matplotlib", "tqdm", "tabulate", "filelock"],
     extras_require={"test": ["pytest"]},

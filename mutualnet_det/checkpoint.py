@@ -88,7 +88,7 @@ def check_initial_weights(cfg, resume: bool) -> None:
     raise CheckpointError(
         f"initial weights {path!r} (MODEL.WEIGHTS) do not exist. For the COCO configs this is the "
         "converted ImageNet MutualNet ResNet: produce it with tools/convert_mutualnet_imagenet.py "
-        "(README, \"ImageNet initialisation\"), or start from random initialisation with "
+        "(docs/runtime_adaptation.md, \"ImageNet initialisation\"), or start from random initialisation with "
         "MODEL.WEIGHTS \"\" on the command line.")
 
 

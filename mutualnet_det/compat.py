@@ -29,7 +29,7 @@ def _unavailable(op_name):
         raise CompiledOpUnavailable(
             f"Detectron2 op '{op_name}' is compiled-only, and this Detectron2 install has no compiled "
             "ops (detectron2._C is missing). Build Detectron2 from source with a compiler "
-            "(see README, 'Installing Detectron2') to use it."
+            "(see docs/installation.md) to use it."
         )
 
     op.__name__ = op_name

@@ -3,8 +3,8 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from helpers import tiny_cfg
-from tools_loader import load_tool
 
+from mutualnet_det.benchmark.reports import heads_markdown
 from mutualnet_det.engine.trainer import MutualNetTrainer
 from mutualnet_det.study.runner import study_plan
 from mutualnet_det.evaluation.visualization import SlimmablePredictor, render_comparison
@@ -43,7 +43,7 @@ def test_benchmark_report_states_ratios_against_the_targets():
               "training": {"single": {"seconds_per_iter": 1.0, "peak_memory_mb": 1},
                            "mutualnet_slimmable_heads": {"seconds_per_iter": 2.0, "peak_memory_mb": 1},
                            "mutualnet_backbone_only": {"seconds_per_iter": 3.0, "peak_memory_mb": 1}}}
-    text = load_tool("benchmark").heads_markdown(report)
+    text = heads_markdown(report)
     assert "- full heads (paper): GFLOPs 0.625; latency 0.700 (min: 0.700)" in text  # 5 / 8, 70 / 100
     assert "- slimmable heads: GFLOPs 0.125 (target <= 0.20: met); latency 0.350 (target <= 0.30: not met) (min: 0.350)" in text
     assert "single-width iteration: 2.00 (target <= 2.2: met)" in text

@@ -17,7 +17,7 @@ from detectron2.config import get_cfg
 
 from mutualnet_det import add_mutualnet_config, freeze_width, validate_mutualnet_config, validate_width
 from mutualnet_det.checkpoint import CheckpointError, load_weights
-from mutualnet_det.deploy.freeze import frozen_config, save_frozen  # noqa: F401  (frozen_config: tests load it here)
+from mutualnet_det.deploy.freeze import save_frozen
 from mutualnet_det.engine.trainer import MutualNetTrainer
 
 

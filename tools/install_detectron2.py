@@ -1,4 +1,4 @@
-"""Install Detectron2 into the running Python environment, in the order the README describes.
+"""Install Detectron2 into the running Python environment, in the order docs/installation.md describes.
 
 Detectron2 is not published on PyPI. This script:
   1. keeps a Detectron2 that is already importable (e.g. one a user built from source with CUDA);

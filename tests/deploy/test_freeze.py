@@ -8,10 +8,9 @@ from helpers import tiny_cfg, toy_batch
 from mutualnet_det import freeze_width
 from mutualnet_det.bn_calibration import calibrate_bn, use_configuration
 from mutualnet_det.engine.trainer import MutualNetTrainer
-from mutualnet_det.deploy.freeze import build_frozen_resnet_fpn_backbone  # noqa: F401 (registered)
+from mutualnet_det.deploy.freeze import build_frozen_resnet_fpn_backbone, frozen_config  # noqa: F401 (registered)
 from mutualnet_det.modeling.slimmable_ops import SlimmableConv2d
 from mutualnet_det.width import SlimmableLayer
-from tools_loader import load_tool
 
 WIDTHS = (1.0, 0.6, 0.25)
 
@@ -114,7 +113,7 @@ def test_frozen_config_rebuilds_the_model_without_slimmable_modules():
 def test_frozen_slimmable_heads_config_rebuilds_stock_heads_of_that_width():
     cfg, model = trained_like(18, **SLIM_HEADS)
     frozen = freeze_width(model, 0.25).eval()
-    rebuilt_cfg = load_tool("freeze_width").frozen_config(cfg, 0.25, 1.0)
+    rebuilt_cfg = frozen_config(cfg, 0.25, 1.0)
     # hand-computed: FPN 32 -> 8, box conv 16 -> 8, box FC 32 -> 8, mask conv 16 -> 8 (multiples of 8, >= 8)
     assert (rebuilt_cfg.MODEL.FPN.OUT_CHANNELS, rebuilt_cfg.MODEL.ROI_BOX_HEAD.CONV_DIM, rebuilt_cfg.MODEL.ROI_BOX_HEAD.FC_DIM,
             rebuilt_cfg.MODEL.ROI_MASK_HEAD.CONV_DIM) == (8, 8, 8, 8)
