@@ -8,6 +8,8 @@ import tempfile
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .config import RECIPE_BINDING_KEYS, training_recipe
+
 logger = logging.getLogger(__name__)
 
 BANK_PREFIX = "bn_stats_bank."
@@ -42,12 +44,47 @@ def check_fits(model: torch.nn.Module, state: dict, path: str) -> None:
                               "(depth, widths, FPN/head sizes, classes)?")
 
 
-class StrictCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that refuses a checkpoint which does not fit the model exactly."""
+def check_recipe(saved: dict, current: dict, path: str) -> None:
+    """Refuse a checkpoint trained with another width range, channel divisor or slimmable parts
+    than the config (its weights would mean other channels); warn when only the method or the
+    training schedule's options differ. Checkpoints without a record (older ones, stock
+    Detectron2 ones) are taken as they are."""
+    if not saved or not current:
+        return
+    binding = [f"{key} {saved.get(key)!r} (config: {current.get(key)!r})" for key in RECIPE_BINDING_KEYS
+               if key in saved and saved.get(key) != current.get(key)]
+    if binding:
+        raise CheckpointError(f"weights file {path!r} was trained with " + ", ".join(binding) + ": load it with "
+                              "the config it was trained with (MUTUALNET.WIDTH_RANGE, CHANNEL_DIVISOR, "
+                              "SLIMMABLE_HEADS)")
+    other = [f"{key} {saved[key]!r} (config: {current.get(key)!r})" for key in saved
+             if key not in RECIPE_BINDING_KEYS and saved[key] != current.get(key)]
+    if other:
+        logger.warning(f"{path} was trained with " + ", ".join(other) + "; evaluating it as it is")
+
+
+class RecipeChecking:
+    """Mixin for Detectron2 checkpointers: save the config's training recipe in every checkpoint,
+    check it on load (check_recipe), and keep the loaded one on the model (`training_recipe`)
+    for the width sweep to record."""
+
+    recipe = None  # set from the config by the owner
+
+    def _check_and_keep_recipe(self, checkpoint, path):
+        saved = checkpoint.get("mutualnet")
+        check_recipe(saved, self.recipe, path)
+        model = getattr(self.model, "module", self.model)
+        model.training_recipe = saved or self.recipe
+
+
+class StrictCheckpointer(RecipeChecking, DetectionCheckpointer):
+    """DetectionCheckpointer that refuses a checkpoint which does not fit the model exactly, or
+    that was trained with another width range, divisor or slimmable parts than the config."""
 
     def _load_model(self, checkpoint):
         if not checkpoint.get("matching_heuristics", False):  # Detectron2/C2 pickles are renamed later
             check_fits(self.model, checkpoint["model"], self._loading_path)
+        self._check_and_keep_recipe(checkpoint, self._loading_path)
         return super()._load_model(checkpoint)
 
     def load(self, path, *args, **kwargs):
@@ -55,18 +92,21 @@ class StrictCheckpointer(DetectionCheckpointer):
         return super().load(path, *args, **kwargs)
 
 
-def load_weights(model: torch.nn.Module, path: str) -> None:
+def load_weights(model: torch.nn.Module, path: str, cfg=None) -> None:
     """Load a trained MutualNet-Det checkpoint (weights and BN stats bank) into `model`.
 
     Raises CheckpointError if the file is missing, unreadable, or does not fit the model
-    (missing, unexpected or differently shaped parameters, e.g. another depth or head).
+    (missing, unexpected or differently shaped parameters, e.g. another depth or head), or (with
+    `cfg`) was trained with another width range, channel divisor or slimmable parts.
     """
     if not path:
         raise CheckpointError("MODEL.WEIGHTS is empty: give the checkpoint to use (e.g. output/.../model_final.pth)")
     if not os.path.isfile(path):
         raise CheckpointError(f"weights file {path!r} does not exist (MODEL.WEIGHTS); train first or fix the path")
+    checkpointer = StrictCheckpointer(model)
+    checkpointer.recipe = training_recipe(cfg) if cfg is not None else None
     try:
-        StrictCheckpointer(model).load(path)
+        checkpointer.load(path)
     except CheckpointError:
         raise
     except Exception as err:  # torch.load / pickle errors on truncated or foreign files
@@ -117,7 +157,7 @@ def _iteration_of(filename: str) -> float:
     return int(match.group(1)) if match else -1
 
 
-class TrainingCheckpointer(DetectionCheckpointer):
+class TrainingCheckpointer(RecipeChecking, DetectionCheckpointer):
     """Detectron2's checkpointer for training runs, with two guarantees Detectron2 lacks:
     - every checkpoint and `last_checkpoint` is written atomically (periodic, final and
       interrupt checkpoints alike), so a kill during a save cannot leave a truncated file;
@@ -130,6 +170,8 @@ class TrainingCheckpointer(DetectionCheckpointer):
             return
         data = {"model": self.model.state_dict()}
         data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        if self.recipe is not None:
+            data["mutualnet"] = self.recipe
         data.update(kwargs)
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
@@ -152,6 +194,7 @@ class TrainingCheckpointer(DetectionCheckpointer):
     def resume_or_load(self, path: str, *, resume: bool = True):
         if not (resume and self.has_checkpoint()):
             return super().resume_or_load(path, resume=resume)
+        self._remove_unfinished_writes()
         candidates = self.resume_candidates()
         problems = []
         for candidate in candidates:
@@ -173,6 +216,18 @@ class TrainingCheckpointer(DetectionCheckpointer):
         raise CheckpointError(f"cannot resume from {self.save_dir}: no readable checkpoint ("
                               + "; ".join(problems) + "). Remove the bad files and last_checkpoint to "
                               "start from MODEL.WEIGHTS, or restore a checkpoint.")
+
+    def _load_model(self, checkpoint):
+        self._check_and_keep_recipe(checkpoint, "the checkpoint being loaded")
+        return super()._load_model(checkpoint)
+
+    def _remove_unfinished_writes(self):
+        """Temporary files of writes a killed run never finished (the OUTPUT_DIR lock makes this
+        run the folder's only writer)."""
+        for name in os.listdir(self.save_dir):
+            if re.fullmatch(r"\.(model_\w+\.pth|last_checkpoint)\.\w+\.tmp", name):
+                os.remove(os.path.join(self.save_dir, name))
+                logger.info(f"Removed {name}, an unfinished checkpoint write of an earlier run")
 
     def _torch_load(self, filename):
         preloaded = getattr(self, "_preloaded", None)

@@ -197,3 +197,17 @@ def load_config(config_file, opts=()):
     validate_mutualnet_config(cfg)
     check_dataset_names(cfg)
     return cfg
+
+
+# What a checkpoint records of how it was trained. The first three change what the weights mean
+# (which channels a width uses, which layers are slimmable): loading with other values is refused.
+RECIPE_BINDING_KEYS = ("width_range", "channel_divisor", "slimmable_heads")
+
+
+def training_recipe(cfg) -> dict:
+    """How a model of this config is trained, as saved in its checkpoints and width sweeps."""
+    node = cfg.MUTUALNET
+    return {"method": node.TRAIN.METHOD, "width_range": [float(w) for w in node.WIDTH_RANGE],
+            "channel_divisor": int(node.CHANNEL_DIVISOR), "slimmable_heads": bool(node.SLIMMABLE_HEADS),
+            "resolution_scales": [float(s) for s in node.TRAIN.RESOLUTION_SCALES],
+            "inplace_distill": bool(node.TRAIN.INPLACE_DISTILL), "distill_mode": node.TRAIN.DISTILL_MODE}

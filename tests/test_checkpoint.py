@@ -96,3 +96,29 @@ def test_final_checkpoint_is_resumed_before_numbered_ones(tmp_path):
     resumed = trainer_at(tmp_path, 10)
     resumed.resume_or_load(resume=True)
     assert first_parameter(resumed) == 9.0
+
+
+def test_a_checkpoint_records_how_it_was_trained_and_refuses_a_config_that_changes_its_meaning(tmp_path, caplog):
+    from mutualnet_det.checkpoint import load_weights
+    from mutualnet_det.config import training_recipe
+
+    trainer = trainer_at(tmp_path, 10)
+    saved_weights(trainer, 1)
+    recipe = torch.load(tmp_path / "model_0000001.pth", weights_only=False)["mutualnet"]
+    assert recipe == training_recipe(trainer.cfg) and recipe["method"] == "mutualnet"
+    path = str(tmp_path / "model_0000001.pth")
+    for key, value, named in (("MUTUALNET.WIDTH_RANGE", (0.125, 1.0), r"width_range \[0.25, 1.0\] \(config: \[0.125, 1.0\]\)"),
+                              ("MUTUALNET.CHANNEL_DIVISOR", 4, r"channel_divisor 8 \(config: 4\)")):
+        cfg = tiny_cfg(**{key: value})
+        with pytest.raises(CheckpointError, match=named):
+            load_weights(MutualNetTrainer.build_model(cfg), path, cfg)
+    usnet = tiny_cfg(**{"MUTUALNET.TRAIN.METHOD": "usnet"})
+    model = MutualNetTrainer.build_model(usnet)
+    with caplog.at_level(logging.WARNING, logger=checkpoint_module.__name__):
+        load_weights(model, path, usnet)  # another method: loaded, with a warning naming both
+    assert "method 'mutualnet' (config: 'usnet')" in caplog.text
+    assert model.training_recipe == recipe  # what the sweep records
+    resumed = MutualNetTrainer(tiny_cfg(**{"OUTPUT_DIR": str(tmp_path), "SOLVER.MAX_ITER": 10, "DATASETS.TEST": (),
+                                           "MUTUALNET.CHANNEL_DIVISOR": 4}))
+    with pytest.raises(CheckpointError, match=r"channel_divisor 8 \(config: 4\)"):  # resuming checks it too
+        resumed.resume_or_load(resume=True)

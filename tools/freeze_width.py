@@ -39,7 +39,7 @@ def main():
         if not 0 < args.resolution_scale <= 1:
             raise ValueError(f"--resolution-scale {args.resolution_scale} must be in (0, 1]")
         model = MutualNetTrainer.build_model(cfg)
-        load_weights(model, cfg.MODEL.WEIGHTS)
+        load_weights(model, cfg.MODEL.WEIGHTS, cfg)
         frozen = freeze_width(model.eval(), width, args.resolution_scale)
     except (ValueError, KeyError, CheckpointError) as err:
         sys.exit(f"error: {err}")

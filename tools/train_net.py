@@ -64,7 +64,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = MutualNetTrainer.build_model(cfg)
-        load_weights(model, cfg.MODEL.WEIGHTS)
+        load_weights(model, cfg.MODEL.WEIGHTS, cfg)
         return MutualNetTrainer.test(cfg, model)
     trainer = MutualNetTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)

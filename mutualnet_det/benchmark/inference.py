@@ -62,7 +62,7 @@ def inference_benchmark(cfg, weights: str, device: str, repeats: int) -> Tuple[L
 
     model = MutualNetTrainer.build_model(cfg).to(device).eval()
     if weights and os.path.isfile(weights):
-        load_weights(model, weights)
+        load_weights(model, weights, cfg)
     train_batches = calibration_batches(cfg)
     image = first_test_image(cfg)
     num_batches = cfg.MUTUALNET.BN_CALIB.NUM_BATCHES

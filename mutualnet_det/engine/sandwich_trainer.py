@@ -6,9 +6,11 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 from detectron2.engine import SimpleTrainer
+from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..data.rescale import rescale_batch, scale_factors
+from ..data.resumable_loader import iteration_seed
 from ..width import set_width
 from .cohort import CohortMember
 from .distillation import InplaceDistillation, capture_forward
@@ -35,12 +37,15 @@ class SandwichTrainer(SimpleTrainer):
     widest member teaches the others (engine/distillation.py). `precision`: float32, or autocast
     with Detectron2's AMP semantics (engine/precision.py). `clip_grad_norm_per_member` > 0: the
     summed gradient's norm is clipped at that value x the cohort size (alike for every method).
+    `seed` (optional): the step's random draws (e.g. which proposals and RoIs are sampled) are
+    seeded by (seed, rank, iteration), so a resumed run repeats them (the seed is checkpointed).
     """
 
     def __init__(self, model, data_loader, optimizer, cohort_of: Callable[[int], List[CohortMember]],
                  distillation: Optional[InplaceDistillation] = None, precision: Optional[StepPrecision] = None,
-                 clip_grad_norm_per_member: float = 0.0):
+                 clip_grad_norm_per_member: float = 0.0, seed: Optional[int] = None):
         super().__init__(model, data_loader, optimizer)
+        self.seed = seed
         self.cohort_of = cohort_of
         self.distillation = distillation
         self.precision = precision or StepPrecision(next(unwrap(model).parameters()).device.type)
@@ -52,6 +57,8 @@ class SandwichTrainer(SimpleTrainer):
         start = time.perf_counter()
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
+        if self.seed is not None:  # after the batch: a loader without workers seeds in this process
+            torch.manual_seed(iteration_seed(self.seed, comm.get_rank(), self.iter))
         cohort = self.cohort_of(self.iter)
         model = unwrap(self.model)
 
@@ -140,8 +147,16 @@ class SandwichTrainer(SimpleTrainer):
         storage.put_scalar("cohort/total_loss", sum(totals))
 
     def state_dict(self) -> Dict:
-        return {**super().state_dict(), **self.precision.state_dict()}
+        state = {**super().state_dict(), **self.precision.state_dict()}
+        if self.seed is not None:
+            state["seed"] = self.seed
+        return state
 
     def load_state_dict(self, state_dict: Dict) -> None:
         super().load_state_dict(state_dict)
         self.precision.load_state_dict(state_dict)
+        if self.seed is not None and "seed" in state_dict:  # the run's seed, whatever SEED says now
+            self.seed = state_dict["seed"]
+            sampler = getattr(self.data_loader, "batch_sampler", None)
+            if hasattr(sampler, "start_iter"):
+                sampler.seed = self.seed

@@ -15,7 +15,8 @@ from detectron2.utils import comm
 
 from ..bn_calibration import calibrate_bn, calibration_batches
 from ..checkpoint import TrainingCheckpointer
-from ..config import validate_mutualnet_config
+from ..config import training_recipe, validate_mutualnet_config
+from ..data.resumable_loader import IterationBatchSampler, build_resumable_train_loader
 from ..evaluation.width_sweep import build_evaluator, run_width_sweep, sweep_configurations
 from ..width import set_width, width_range_of
 from .cohort import sample_cohort
@@ -30,6 +31,12 @@ def cohort_seed(cfg) -> int:
     if cfg.MUTUALNET.TRAIN.COHORT_SEED >= 0:
         return cfg.MUTUALNET.TRAIN.COHORT_SEED
     return cfg.SEED if cfg.SEED >= 0 else 0
+
+
+def training_seed(cfg) -> int:
+    """The seed of the data order, augmentations and the step's draws: SEED, or one drawn now
+    (the same on every rank) and kept in the checkpoints, so a resumed run continues it."""
+    return cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
 
 
 def cohort_sampler(cfg):
@@ -121,7 +128,8 @@ class MutualNetTrainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+        seed = training_seed(cfg)
+        data_loader = self.build_train_loader(cfg, seed)
         # DDP takes device_ids only for CUDA models (2-process gloo training on CPU needs None).
         on_cuda = next(model.parameters()).is_cuda
         model = create_ddp_model(model, broadcast_buffers=False,
@@ -129,9 +137,11 @@ class MutualNetTrainer(DefaultTrainer):
         self._trainer = SandwichTrainer(model, data_loader, optimizer, cohort_of=cohort_sampler(cfg),
                                         distillation=build_distillation(cfg),
                                         precision=step_precision(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE),
-                                        clip_grad_norm_per_member=cfg.MUTUALNET.TRAIN.CLIP_GRAD_NORM_PER_MEMBER)
+                                        clip_grad_norm_per_member=cfg.MUTUALNET.TRAIN.CLIP_GRAD_NORM_PER_MEMBER,
+                                        seed=seed if isinstance(getattr(data_loader, "batch_sampler", None), IterationBatchSampler) else None)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = TrainingCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer.recipe = training_recipe(cfg)  # saved in every checkpoint, checked on resume
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -148,6 +158,24 @@ class MutualNetTrainer(DefaultTrainer):
         # First, so its after_train saves before the writers flush: the window in which a second
         # Ctrl-C could pre-empt the save is as short as it can be.
         return [CheckpointOnFailure()] + hook_list
+
+    @classmethod
+    def build_train_loader(cls, cfg, seed=None):
+        """Batches fixed by the iteration (data/resumable_loader.py), so --resume continues the
+        data order and augmentations exactly; Detectron2's loader for samplers other than
+        TrainingSampler (then a resumed run's data order differs, as in Detectron2)."""
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            logger.warning(f"DATALOADER.SAMPLER_TRAIN={cfg.DATALOADER.SAMPLER_TRAIN}: Detectron2's loader; "
+                           "a resumed run will not see the data order of an uninterrupted one")
+            return super().build_train_loader(cfg)
+        return build_resumable_train_loader(cfg, training_seed(cfg) if seed is None else seed)
+
+    def resume_or_load(self, resume=True):
+        """Detectron2's, then the data continue at the resumed iteration."""
+        super().resume_or_load(resume=resume)
+        sampler = getattr(self._trainer.data_loader, "batch_sampler", None)
+        if isinstance(sampler, IterationBatchSampler):
+            sampler.start_iter = self.start_iter
 
     @classmethod
     def build_optimizer(cls, cfg, model):

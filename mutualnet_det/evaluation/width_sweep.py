@@ -21,6 +21,7 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from ..bn_calibration import use_configuration
+from ..config import training_recipe
 from ..data.rescale import scaled_test_cfg
 from ..flops import configuration_cost
 
@@ -48,7 +49,9 @@ def evaluate_configuration(cfg, model, dataset_name, width, scale, calibration_b
     loader = build_detection_test_loader(scaled_cfg, dataset_name)
     flops_inputs = list(itertools.islice((batch[0] for batch in loader), cfg.MUTUALNET.TEST.FLOPS_NUM_IMAGES))
     record = {"width": width, "resolution_scale": scale, "bn_stats": stats_source,
-              **configuration_cost(model, flops_inputs)}
+              **configuration_cost(model, flops_inputs),
+              # how the evaluated weights were trained: their checkpoint's record, else this config's
+              "trained_as": getattr(model, "training_recipe", None) or training_recipe(cfg)}
     progress = tqdm(loader, desc=f"{dataset_name} w={width:g} s={scale:g}", leave=False,
                     disable=not comm.is_main_process())
     results = inference_on_dataset(model, progress, build_evaluator(cfg, dataset_name))

@@ -145,7 +145,7 @@ def load_trained(config_file: str, opts: Sequence = (), weights: str = None):
     validate_mutualnet_config(cfg)
     cfg.freeze()
     model = MutualNetTrainer.build_model(cfg)
-    load_weights(model, cfg.MODEL.WEIGHTS)
+    load_weights(model, cfg.MODEL.WEIGHTS, cfg)
     return cfg, model.eval()
 
 

@@ -32,6 +32,12 @@ def test_sweep_visits_each_configuration_once_and_costs_fall(tmp_path):
     assert [(r["width"], r["resolution_scale"]) for r in records] == [(1.0, 1.0), (1.0, 0.5), (0.25, 1.0), (0.25, 0.5)]
     assert sorted(results) == sorted(f"shapes_val/w{w:g}_s{s:g}" for w in (1.0, 0.25) for s in (1.0, 0.5))
     assert all(r["bn_stats"] == "calibrated" for r in records)  # random-init model: empty bank
+    assert all(r["trained_as"] == {"method": "mutualnet", "width_range": [0.25, 1.0], "channel_divisor": 8,
+                                   "slimmable_heads": False, "resolution_scales": [1.0, 0.857142857, 0.714285714, 0.571428571],
+                                   "inplace_distill": False, "distill_mode": "soft_labels"} for r in records)
+    # each sweep also keeps its own stamped files, the newest under the usual name
+    stamped = sorted((tmp_path / "inference" / "shapes_val").glob("width_sweep_*.json"))
+    assert len(stamped) == 1 and json.load(open(stamped[0])) == records
     assert (0.25, 0.5) in model.bn_stats_bank
     # the model sees each configuration's images at the test size (64 px) x scale, in the FLOPs
     # count and in every evaluated image (60 in shapes_val), one configuration after another
