@@ -166,12 +166,22 @@ def _is_intact(split, root):
 def ensure_split(split: ShapesSplit, root: str = None) -> str:
     """Generate the split unless an intact copy exists; return the path of its COCO json.
 
-    Processes that start at once on a fresh clone (the main job's two trainings, `launch`'s
-    workers) would otherwise write and read the same files together: one generates under a lock
-    file while the others wait, then find it intact."""
+    An intact copy is used as it is, also in a read-only folder (a shared or mounted dataset):
+    nothing is written. Processes that start at once on a fresh clone (the main job's two
+    trainings, `launch`'s workers) would otherwise write and read the same files together: one
+    generates under a lock file while the others wait, then find it intact."""
     root = root or dataset_root()
-    os.makedirs(root, exist_ok=True)
-    with FileLock(os.path.join(root, f".{split.name}.lock")):
+    json_path = os.path.join(root, f"{split.name}.json")
+    if _is_intact(split, root):
+        return json_path
+    try:
+        os.makedirs(root, exist_ok=True)
+        lock = FileLock(os.path.join(root, f".{split.name}.lock"))
+        lock.acquire()
+    except OSError as err:
+        raise OSError(f"the embedded dataset {split.name} under {root} is missing or corrupt and cannot be "
+                      f"generated there ({err.strerror}): set DETECTRON2_DATASETS to a writable folder") from None
+    try:
         if not _is_intact(split, root):
             logger.info(f"Generating embedded dataset {split.name} under {root} ...")
             generate_split(split, root)
@@ -179,7 +189,9 @@ def ensure_split(split: ShapesSplit, root: str = None) -> str:
                         "sha256": {os.path.relpath(p, root): _sha256(p) for p in _split_files(split, root)}}
             with open(_manifest_path(split, root), "w") as f:
                 json.dump(manifest, f)
-    return os.path.join(root, f"{split.name}.json")
+    finally:
+        lock.release()
+    return json_path
 
 
 def register_shapes(root: str = None):

@@ -80,3 +80,29 @@ def test_generation_waits_for_another_process_holding_the_split_lock(tmp_path):
     assert done.is_set()
     with open(tmp_path / f"{SMALL.name}.json") as f:
         assert len(json.load(f)["images"]) == SMALL.num_images
+
+
+def test_an_intact_set_in_a_read_only_folder_is_used_as_it_is(tmp_path, monkeypatch):
+    """Nothing is written when the set is intact (not even the lock file), so a read-only or
+    shared folder works; a folder that cannot be written is named when regeneration is needed.
+    (Tests run as root, which chmod does not stop: writing is refused by a patch instead.)"""
+    import pytest
+    import mutualnet_det.data.shapes as shapes
+
+    json_path = ensure_split(SMALL, str(tmp_path))
+    for lock in tmp_path.glob(".*.lock"):
+        lock.unlink()
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(shapes.FileLock, "acquire", refused)
+    monkeypatch.setattr(shapes, "generate_split", refused)
+    assert ensure_split(SMALL, str(tmp_path)) == json_path
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+    with open(json_path, "a") as f:
+        f.write(" ")  # corrupt: now it must be regenerated, which this folder refuses
+    with pytest.raises(OSError, match=rf"under {tmp_path} is missing or corrupt and cannot be generated there "
+                                      r"\(Permission denied\): set DETECTRON2_DATASETS to a writable folder"):
+        ensure_split(SMALL, str(tmp_path))
