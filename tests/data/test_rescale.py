@@ -102,3 +102,88 @@ def test_small_object_mask_downscaled_by_area_keeps_its_box():
     box = scaled["instances"].gt_boxes.tensor[0]  # 8.4, 4.4, 10.4, 6.4
     assert abs(xs.min() - box[0]) < 1 and abs(ys.min() - box[1]) < 1
     assert abs(xs.max() + 1 - box[2]) < 1 and abs(ys.max() + 1 - box[3]) < 1
+
+
+def test_no_side_rounds_below_one_pixel():
+    assert scaled_size(3, 200, 0.2) == (1, 40)  # 0.6 rounds to 1
+    assert scaled_size(200, 3, 0.2) == (40, 1)
+    assert scaled_size(2, 2, 0.1) == (1, 1)  # 0.2 rounds to 0: kept at 1
+
+
+def test_bitmasks_of_a_wide_image_by_hand():
+    """4 x 6 masks at scale 0.5 -> 2 x 3; each output pixel is a 2 x 2 block. A full block is set,
+    a half-covered one (coverage exactly 0.5: "at least half") is set, a quarter is not."""
+    masks = torch.zeros(1, 4, 6, dtype=torch.bool)
+    masks[0, 0:2, 0:2] = True  # block (0, 0): 1.0
+    masks[0, 2:4, 2] = True  # block (1, 1): 0.5
+    masks[0, 0, 4] = True  # block (0, 2): 0.25
+    item = {"image": torch.zeros(3, 4, 6), "instances": Instances((4, 6), gt_masks=BitMasks(masks))}
+    (scaled,) = rescale_batch([item], 0.5)
+    assert torch.equal(scaled["instances"].gt_masks.tensor[0], torch.tensor([[True, False, False], [False, True, False]]))
+
+
+def test_coverage_matrix_by_hand_on_the_requested_device():
+    """5 old pixels onto 2 new ones: a new pixel spans 2.5 old ones; old pixel 2 is split evenly."""
+    from mutualnet_det.data.rescale import _coverage_matrix
+
+    expected = torch.tensor([[1.0, 1.0, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 1.0, 1.0]]) / 2.5
+    assert torch.allclose(_coverage_matrix(5, 2, torch.device("cpu")), expected)
+    # "meta" stands in for a GPU here: the matrices must be made where the masks are
+    assert _coverage_matrix(5, 2, torch.device("meta")).device.type == "meta"
+
+
+def test_mask_coverage_is_computed_on_the_masks_device(monkeypatch):
+    """On a GPU a coverage matrix made on the CPU would fail the product with the masks; record
+    the device each matrix is asked for (masks on "meta", a device that is not the CPU)."""
+    import mutualnet_det.data.rescale as rescale
+
+    requested = []
+    original = rescale._coverage_matrix
+
+    def recording(old_size, new_size, device):
+        requested.append((old_size, new_size, device))
+        return original(old_size, new_size, device)
+
+    monkeypatch.setattr(rescale, "_coverage_matrix", recording)
+    masks = torch.zeros(2, 4, 6, dtype=torch.bool, device="meta")
+    assert rescale._resize_bitmasks(masks, 2, 3).shape == (2, 2, 3)
+    assert requested == [(4, 2, masks.device), (6, 3, masks.device)]
+
+
+def test_black_white_and_float_images_keep_their_values():
+    """Antialiased bilinear averages with non-negative weights: a constant image stays constant.
+    uint8 images come back as uint8 (0 and 255 exactly); float images are not rounded."""
+    for value, dtype in ((0, torch.uint8), (255, torch.uint8), (0.25, torch.float32)):
+        (scaled,) = rescale_batch([{"image": torch.full((3, 40, 60), value, dtype=dtype)}], 0.4)
+        assert scaled["image"].dtype == dtype
+        # float: the weights sum to 1 within float32 rounding; rounding to integers would give 0
+        assert torch.allclose(scaled["image"].float(), torch.full((3, 16, 24), float(value)), rtol=0, atol=1e-6)
+
+
+def test_test_time_input_at_a_scale_equals_detectron2_resize_by_hand():
+    """scaled_test_input: Detectron2's test-time resize with both sides of the config times the
+    scale; the model input is CHW float32 and "height"/"width" keep the original size."""
+    from detectron2.config import get_cfg
+    from detectron2.data.transforms import ResizeTransform
+
+    from mutualnet_det.data.rescale import scaled_test_cfg, scaled_test_input
+
+    cfg = get_cfg()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 80, 200
+    cfg.freeze()
+    scaled = scaled_test_cfg(cfg, 0.5)
+    assert (scaled.INPUT.MIN_SIZE_TEST, scaled.INPUT.MAX_SIZE_TEST) == (40, 100)
+    assert (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST) == (80, 200)  # the original untouched
+    tiny = scaled_test_cfg(cfg, 0.005)  # 0.4 and 1.0 pixels
+    assert (tiny.INPUT.MIN_SIZE_TEST, tiny.INPUT.MAX_SIZE_TEST) == (1, 1)
+
+    rng = np.random.default_rng(0)
+    # short side 100 -> 40 (60 x 40 by hand: 150 * 0.4); 100 x 400 -> 40 x 160 exceeds the long
+    # side 100, so both shrink by 100 / 160 -> 25 x 100
+    for (height, width), (new_height, new_width) in (((150, 100), (60, 40)), ((100, 400), (25, 100))):
+        image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        item = scaled_test_input(image, cfg, 0.5)
+        reference = ResizeTransform(height, width, new_height, new_width).apply_image(image)
+        assert item["image"].dtype == torch.float32
+        assert torch.equal(item["image"], torch.as_tensor(reference.transpose(2, 0, 1).astype(np.float32)))
+        assert (item["height"], item["width"]) == (height, width)

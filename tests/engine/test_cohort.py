@@ -47,3 +47,14 @@ def test_single_is_the_widest_alone():
 def test_unknown_method_rejected():
     with pytest.raises(ValueError, match="unknown training method"):
         cohort("slimmable", 0)
+
+
+@pytest.mark.parametrize("method", ["single", "usnet", "mutualnet"])
+def test_a_range_below_full_width_bounds_every_member_widest_first(method):
+    """With a width range that stops short of 1.0 the widest member is the range's top, no random
+    width leaves the range, and members run from the widest down (the order the step relies on)."""
+    for iteration in range(50):
+        widths = [m.width for m in cohort(method, iteration, num_random=3, width_range=(0.3, 0.8))]
+        assert widths[0] == 0.8
+        assert all(0.3 <= w <= 0.8 for w in widths)
+        assert widths == sorted(widths, reverse=True)
