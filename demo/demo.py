@@ -22,7 +22,7 @@ from detectron2.utils.logger import setup_logger
 
 from mutualnet_det import validate_width
 from mutualnet_det.checkpoint import CheckpointError
-from mutualnet_det.evaluation.visualization import (expand_inputs, load_slimmable_predictor, render_adaptive_files,
+from mutualnet_det.evaluation.visualization import (IMAGE_EXTENSIONS, expand_inputs, load_slimmable_predictor, render_adaptive_files,
                                                     render_comparison_files, select_records)
 from mutualnet_det.runtime.adaptive import AdaptivePredictor
 from mutualnet_det.runtime.latency import default_latency_table_path, load_latency_table
@@ -86,6 +86,9 @@ def main(args):
     records = select_records(DatasetCatalog.get(args.dataset) if args.dataset else [], args.num_images,
                              args.most_small, args.most_large)
     items = [(d["file_name"], d) for d in records] + [(path, None) for path in expand_inputs(args.input)]
+    if not items:
+        raise ValueError(f"nothing to render: {' '.join(args.input or [])} holds no image "
+                         f"({', '.join(IMAGE_EXTENSIONS)}) and --dataset gives none")
     os.makedirs(args.output, exist_ok=True)
     if args.latency_budget is not None:
         return run_adaptive(args, items)

@@ -13,9 +13,9 @@ import os
 import sys
 
 import mutualnet_det  # noqa: F401  (registration; before other Detectron2 imports)
-from detectron2.config import get_cfg
 
-from mutualnet_det import add_mutualnet_config, freeze_width, validate_mutualnet_config, validate_width
+from mutualnet_det import freeze_width, validate_width
+from mutualnet_det.config import load_config
 from mutualnet_det.checkpoint import CheckpointError, load_weights
 from mutualnet_det.deploy.freeze import save_frozen
 from mutualnet_det.engine.trainer import MutualNetTrainer
@@ -30,18 +30,14 @@ def main():
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides (MODEL.WEIGHTS ...)")
     args = parser.parse_args()
     try:
-        cfg = get_cfg()
-        add_mutualnet_config(cfg)
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts)
-        validate_mutualnet_config(cfg)
+        cfg = load_config(args.config_file, args.opts)
         width = validate_width(args.width, cfg.MUTUALNET.WIDTH_RANGE)
         if not 0 < args.resolution_scale <= 1:
             raise ValueError(f"--resolution-scale {args.resolution_scale} must be in (0, 1]")
         model = MutualNetTrainer.build_model(cfg)
         load_weights(model, cfg.MODEL.WEIGHTS, cfg)
         frozen = freeze_width(model.eval(), width, args.resolution_scale)
-    except (ValueError, KeyError, CheckpointError) as err:
+    except (ValueError, KeyError, CheckpointError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
     weights_path, config_path = save_frozen(frozen, cfg, width, args.resolution_scale, args.output)
     print(f"wrote {weights_path} and {os.path.basename(config_path)} "

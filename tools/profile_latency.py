@@ -19,7 +19,7 @@ import mutualnet_det  # noqa: F401  (registration; before other Detectron2 impor
 from detectron2.utils.logger import setup_logger
 
 from mutualnet_det.checkpoint import CheckpointError
-from mutualnet_det.evaluation.query_table import load_sweep
+from mutualnet_det.evaluation.query_table import load_sweep, parse_metric
 from mutualnet_det.runtime.contention import usable_cpus
 from mutualnet_det.runtime.latency import (check_sweep_matches_model, default_sweep_path, format_latency_table,
                                            load_trained, profile_latency, validation_images, write_latency_table)
@@ -55,9 +55,7 @@ def main(argv=None):
     cfg, model = load_trained(args.config_file, args.opts, args.weights)
     sweep_path = args.sweep or default_sweep_path(cfg)
     sweep = load_sweep(sweep_path)
-    metric = tuple(args.metric.split("."))
-    if len(metric) != 2 or metric[0] not in sweep[0] or metric[1] not in sweep[0][metric[0]]:
-        raise ValueError(f"--metric {args.metric!r} is not in the sweep; use task.metric, e.g. bbox.AP or segm.AP")
+    metric = parse_metric(args.metric, sweep, sweep_path)
     images = validation_images(cfg, args.num_images)
     check_sweep_matches_model(cfg, model, sweep, images)
     table = profile_latency(cfg, model, sweep, images, threads=args.threads, warmup=args.warmup,

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from mutualnet_det.evaluation.query_table import best_config, format_table, load_sweep, pareto_front
+from mutualnet_det.evaluation.query_table import best_config, format_table, load_sweep, pareto_front, parse_metric
 
 
 def main():
@@ -20,13 +20,12 @@ def main():
     parser.add_argument("-o", "--output", help="where to write the table (default: query_table.json beside the sweep)")
     args = parser.parse_args()
     try:
-        metric = tuple(args.metric.split("."))
         records = load_sweep(args.sweep)
-        if len(metric) != 2 or metric[0] not in records[0] or metric[1] not in records[0][metric[0]]:
-            raise ValueError(f"--metric {args.metric!r} is not in the sweep; use task.metric, e.g. bbox.AP or segm.APs")
+        metric = parse_metric(args.metric, records, args.sweep)
         front = pareto_front(records, metric)
         print(format_table(front, metric))
         output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.sweep)), "query_table.json")
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         with open(output, "w") as f:
             json.dump(front, f, indent=1)
         print(f"written to {output}")

@@ -7,6 +7,7 @@ width, size = input scale (a figure legend for each), filled = on the method's P
 points of the methods a reader compares (`labelled`), and only where one fits without covering
 another label or a marker; a point whose label does not fit is still identified by its marker.
 """
+import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
@@ -113,6 +114,7 @@ def plot_tradeoff(sweeps: Dict[str, List[Dict]], output_path: str, title: str = 
                   labelled: Optional[Sequence[str]] = None) -> str:
     """`draw_tradeoff` saved as a PNG at `output_path`; returns the path."""
     figure = draw_tradeoff(sweeps, title, labelled)
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     figure.savefig(output_path, dpi=figure.dpi)
     plt.close(figure)
     return output_path

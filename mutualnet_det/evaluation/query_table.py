@@ -6,6 +6,7 @@ The same front and query work on measured time: a latency table (mutualnet_det/r
 `latency_ms` (median milliseconds per image on one device) to each record.
 """
 import json
+import math
 from typing import Dict, List, Sequence, Tuple
 
 from tabulate import tabulate
@@ -37,7 +38,7 @@ def pareto_front(records: Sequence[Dict], metric=("bbox", "AP"), cost: str = "gf
     front, best = [], float("-inf")
     for record in ordered:
         value = metric_of(record, metric)
-        if value > best:
+        if value > best:  # a NaN value is never on the front
             front.append(record)
             best = value
     return front
@@ -60,6 +61,19 @@ def best_config(table: Sequence[Dict], max_gflops: float = None, metric=("bbox",
                          f"(width {cheapest['width']}, scale {cheapest['resolution_scale']}: "
                          f"{_cost_of(cheapest, cost):.3f} {COSTS[cost]})")
     return max(affordable, key=lambda r: (metric_of(r, metric), -_cost_of(r, cost)))
+
+
+def parse_metric(text: str, records: Sequence[Dict], source: str):
+    """("task", "metric") from "task.metric" (e.g. bbox.AP, segm.APs), checked against the
+    records of `source` (a sweep or latency table): present, and finite in at least one
+    configuration (a sweep of an empty or unannotated dataset has NaN everywhere)."""
+    metric = tuple(text.split("."))
+    if len(metric) != 2 or metric[0] not in records[0] or metric[1] not in records[0][metric[0]]:
+        raise ValueError(f"--metric {text!r} is not in {source}; use task.metric, e.g. bbox.AP or segm.APs")
+    if not any(math.isfinite(metric_of(r, metric)) for r in records):
+        raise ValueError(f"{source} has no finite {text} in any configuration (NaN everywhere): was it "
+                         "evaluated on an empty or unannotated dataset?")
+    return metric
 
 
 def load_sweep(path: str) -> List[Dict]:

@@ -77,13 +77,16 @@ class SlimmablePredictor:
         self.input_format = cfg.INPUT.FORMAT
 
     @torch.no_grad()
-    def __call__(self, image_bgr: np.ndarray, width: float, resolution_scale: float):
-        """(instances in original image coordinates, GFLOPs of this configuration on this image)."""
+    def __call__(self, image_bgr: np.ndarray, width: float, resolution_scale: float, output_size=None):
+        """(instances in original image coordinates, or in `output_size` (height, width) ones when
+        given, as Detectron2 does with an input's "height"/"width"; GFLOPs of this configuration)."""
         use_configuration(self.model, width, resolution_scale, self.calibration_batches,
                           self.cfg.MUTUALNET.BN_CALIB.NUM_BATCHES)
         self.model.eval()
         image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
         inputs = scaled_test_input(image, self.cfg, resolution_scale)
+        if output_size is not None:
+            inputs["height"], inputs["width"] = output_size
         instances = self.model([inputs])[0]["instances"].to("cpu")
         return instances, model_gflops(self.model, inputs)
 
@@ -97,9 +100,10 @@ def _title_bar(image: np.ndarray, lines: Sequence[str]) -> np.ndarray:
     return np.concatenate([np.asarray(bar), image], axis=0)
 
 
-def prediction_panel(image_rgb, instances, metadata, title: str, threshold: float) -> Panel:
+def prediction_panel(image_rgb, instances, metadata, title: str, threshold: float, area_scale: float = 1.0) -> Panel:
+    """`area_scale`: original pixels per drawn pixel, squared (size classes are the original's)."""
     instances = instances[instances.scores >= threshold]
-    areas = instance_areas(instances)
+    areas = instance_areas(instances) * area_scale
     names = metadata.get("thing_classes", None)
     labels = [f"{names[c] if names else c} {s:.0%} {size_class(a)[0].upper()}"
               for c, s, a in zip(instances.pred_classes.tolist(), instances.scores.tolist(), areas)]
@@ -144,9 +148,19 @@ def pick_by_object_size(dataset_dicts: Sequence[Dict], most_small: int = 0, most
     return [dataset_dicts[i] for i in order]
 
 
-def ground_truth_panel(image_rgb, dataset_dict, metadata) -> Panel:
+def ground_truth_panel(image_rgb, dataset_dict, metadata, original_size=None) -> Panel:
+    """`original_size` (height, width): the annotations' image size when `image_rgb` is a
+    reduced copy (they are resized to it for drawing; size classes stay the original's)."""
     annotations = dataset_dict.get("annotations", [])
-    areas = [annotation_area(a, image_rgb.shape[0], image_rgb.shape[1]) for a in annotations]
+    height, width = original_size or image_rgb.shape[:2]
+    areas = [annotation_area(a, height, width) for a in annotations]
+    if (height, width) != image_rgb.shape[:2]:
+        from detectron2.data import detection_utils
+        from detectron2.data import transforms as T
+
+        resize = T.TransformList([T.ResizeTransform(height, width, *image_rgb.shape[:2])])
+        dataset_dict = dict(dataset_dict, annotations=[
+            detection_utils.transform_instance_annotations(dict(a), resize, image_rgb.shape[:2]) for a in annotations])
     drawn = Visualizer(image_rgb, metadata).draw_dataset_dict(dataset_dict).get_image()
     counts = count_by_size(areas)
     return Panel("ground truth", _title_bar(drawn, ["ground truth", f"objects: {_summary(counts)}"]), counts)
@@ -166,19 +180,41 @@ def compose_grid(rows: List[List[Panel]]) -> np.ndarray:
 
 def render_comparison(image_bgr, predictors: Sequence[SlimmablePredictor], widths: Sequence[float],
                       resolution_scale: float, metadata, threshold: float, dataset_dict=None):
-    """Rows: widths; columns: predictors (and ground truth when `dataset_dict` is given)."""
-    image_rgb = image_bgr[:, :, ::-1]
+    """Rows: widths; columns: predictors (and ground truth when `dataset_dict` is given).
+
+    The models see the whole image (through their own test-time resize); panels are drawn at
+    most MAX_PANEL_SIDE pixels on the longer side, so memory stays bounded for any input size
+    (the outputs, masks included, come back at the panel's size, Detectron2's way)."""
+    display_bgr = bounded_for_display(image_bgr)
+    image_rgb = display_bgr[:, :, ::-1]
+    area_scale = (image_bgr.shape[0] / display_bgr.shape[0]) * (image_bgr.shape[1] / display_bgr.shape[1])
     rows = []
     for width in widths:
         row = []
         for predictor in predictors:
-            instances, gflops = predictor(image_bgr, width, resolution_scale)
+            instances, gflops = predictor(image_bgr, width, resolution_scale, output_size=display_bgr.shape[:2])
             title = f"{predictor.method}  width {width:g}  scale {resolution_scale:g}  {gflops:.2f} GFLOPs"
-            row.append(prediction_panel(image_rgb, instances, metadata, title, threshold))
+            row.append(prediction_panel(image_rgb, instances, metadata, title, threshold, area_scale))
         if dataset_dict is not None:
-            row.append(ground_truth_panel(image_rgb, dataset_dict, metadata))
+            row.append(ground_truth_panel(image_rgb, dataset_dict, metadata, original_size=image_bgr.shape[:2]))
         rows.append(row)
     return compose_grid(rows), rows
+
+
+MAX_PANEL_SIDE = 1333  # pixels; Detectron2's default test-time MAX_SIZE
+
+
+def bounded_for_display(image: np.ndarray, max_side: int = MAX_PANEL_SIDE) -> np.ndarray:
+    """The image itself when its longer side is at most `max_side`, else a copy shrunk to it
+    (area interpolation)."""
+    import cv2
+
+    height, width = image.shape[:2]
+    if max(height, width) <= max_side:
+        return image
+    factor = max_side / max(height, width)
+    return cv2.resize(image, (max(1, round(width * factor)), max(1, round(height * factor))),
+                      interpolation=cv2.INTER_AREA)
 
 
 def method_label(cfg) -> str:

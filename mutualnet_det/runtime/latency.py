@@ -129,20 +129,14 @@ def load_trained(config_file: str, opts: Sequence = (), weights: str = None):
     <OUTPUT_DIR>/model_final.pth (where training left it); the model built, its weights and BN
     stats bank loaded (refusing a checkpoint that does not fit), in eval mode.
     ValueError when the config file does not exist; CheckpointError on bad weights."""
-    from detectron2.config import get_cfg
-
     from ..checkpoint import load_weights
-    from ..config import add_mutualnet_config, validate_mutualnet_config
+    from ..config import load_config
     from ..engine.trainer import MutualNetTrainer
 
     if not os.path.isfile(config_file):
         raise ValueError(f"config file {config_file!r} does not exist")
-    cfg = get_cfg()
-    add_mutualnet_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg = load_config(config_file, opts)  # unknown keys, bad values, unregistered datasets: named here
     cfg.MODEL.WEIGHTS = weights or cfg.MODEL.WEIGHTS or os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
-    validate_mutualnet_config(cfg)
     cfg.freeze()
     model = MutualNetTrainer.build_model(cfg)
     load_weights(model, cfg.MODEL.WEIGHTS, cfg)
