@@ -79,13 +79,24 @@ def has_compiled_ops() -> bool:
 
 
 def install_standin_if_needed() -> bool:
-    """Register the stand-in when detectron2._C cannot be imported. Returns True if installed."""
+    """Register the stand-in when detectron2._C cannot be imported. Returns True if installed.
+
+    Decided by importing it, not by whether the file exists: a `_C` built for another torch,
+    CUDA or Python fails to import (undefined symbols), and Detectron2 would then silently fall
+    back to pure-Python COCO evaluation; here it gets the stand-in and a warning naming why."""
     global _torch_library
     if "detectron2._C" in sys.modules:
         return getattr(sys.modules["detectron2._C"], "is_standin", False)
-    if importlib.util.find_spec("detectron2._C") is not None:
-        return False
     import detectron2
+
+    if importlib.util.find_spec("detectron2._C") is not None:
+        try:
+            importlib.import_module("detectron2._C")
+            return False
+        except ImportError as err:
+            logger.warning(f"detectron2._C is installed but does not import ({err}); it was probably built for "
+                           "another torch, CUDA or Python: using mutualnet_det's stand-in (no compiled ops). "
+                           "Rebuild Detectron2 for this environment to use them (docs/installation.md).")
     import torch
 
     standin = _StandInC("detectron2._C")

@@ -1,6 +1,7 @@
 """MutualNet-Det config keys, all under the MUTUALNET node, their validation, and loading a
 config file with every error reported before any work starts."""
 import difflib
+import logging
 import math
 import os
 
@@ -8,6 +9,8 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 from .width import DEFAULT_WIDTH_RANGE, validate_width, validate_width_range
+
+logger = logging.getLogger(__name__)
 
 TRAIN_METHODS = ("mutualnet", "usnet", "single")
 OPTIMIZERS = ("SGD", "AdamW")
@@ -171,6 +174,26 @@ def check_dataset_names(cfg):
                 raise ValueError(f"DATASETS.{key} names {name!r}, which is not a registered dataset{hint}")
 
 
+def resolve_device(cfg):
+    """MODEL.DEVICE follows the machine: no config pins the CPU, so Detectron2's default "cuda"
+    runs on the GPU where CUDA exists and becomes "cpu" where it does not (one log line says so).
+    An explicit "cpu" stays; an explicit CUDA device on a machine without CUDA is an error."""
+    import torch
+
+    device = cfg.MODEL.DEVICE
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        if device != "cuda":
+            raise ValueError(f"MODEL.DEVICE={device!r} but this machine has no CUDA device: use cuda (it falls "
+                             "back to the CPU) or cpu")
+        logger.info("MODEL.DEVICE cuda: no CUDA device on this machine, running on the CPU")
+        was_frozen = cfg.is_frozen()
+        cfg.defrost()
+        cfg.MODEL.DEVICE = "cpu"
+        if was_frozen:
+            cfg.freeze()
+    return cfg
+
+
 def load_config(config_file, opts=()):
     """The config of a command line: Detectron2's defaults, the MUTUALNET node, `config_file`
     (with its `_BASE_` chain) and KEY VALUE `opts`, validated. Raises ValueError (or
@@ -194,6 +217,7 @@ def load_config(config_file, opts=()):
         if "Non-existent" not in str(error):
             raise
         raise _unknown_key_error(cfg, error, "the command line") from None
+    resolve_device(cfg)
     validate_mutualnet_config(cfg)
     check_dataset_names(cfg)
     return cfg

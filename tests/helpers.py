@@ -26,6 +26,9 @@ def tiny_cfg(**overrides):
         "MUTUALNET.BN_CALIB.NUM_BATCHES", 2, "MUTUALNET.TEST.FLOPS_NUM_IMAGES", 1,
         "SOLVER.WARMUP_ITERS", 1,
     ])
+    # The suite runs on the CPU on every machine (its references are CPU computations); a CUDA
+    # test asks for MODEL.DEVICE cuda itself.
+    cfg.MODEL.DEVICE = "cpu"
     for key, value in overrides.items():
         cfg.merge_from_list([key, value])
     return cfg

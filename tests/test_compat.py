@@ -38,3 +38,36 @@ def test_coco_evaluation_does_not_use_the_standin():
     from mutualnet_det.compat import faster_cocoeval
 
     assert coco_evaluation.COCOeval_opt is faster_cocoeval
+
+
+BROKEN_C = """
+import importlib.abc, importlib.machinery, logging, sys
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+class BrokenC(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    # a detectron2._C that exists but fails to import, as one built for another torch does
+    def find_spec(self, name, path, target=None):
+        return importlib.machinery.ModuleSpec(name, self) if name == "detectron2._C" else None
+    def create_module(self, spec):
+        raise ImportError("detectron2/_C.so: undefined symbol: _ZN3c1017RegisterOperators")
+    def exec_module(self, module):
+        pass
+
+sys.meta_path.insert(0, BrokenC())
+import mutualnet_det
+from mutualnet_det.compat import has_compiled_ops
+from detectron2.evaluation import coco_evaluation
+print("standin", sys.modules["detectron2._C"].is_standin, "compiled", has_compiled_ops(),
+      "cocoeval", coco_evaluation.COCOeval_opt.__name__)
+"""
+
+
+def test_a_c_extension_that_fails_to_import_gets_the_standin_and_a_warning():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", BROKEN_C], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "standin True compiled False cocoeval faster_cocoeval"
+    assert ("detectron2._C is installed but does not import (detectron2/_C.so: undefined symbol: "
+            "_ZN3c1017RegisterOperators)") in result.stderr

@@ -69,3 +69,25 @@ def test_eval_only_keeps_the_trainings_config_and_log(tmp_path, monkeypatch):
     assert cfg.OUTPUT_DIR == str(output)
     assert (output / "config.yaml").read_text() == "the training's config\n"
     assert load_config(str(output / "inference" / "config.yaml")).OUTPUT_DIR == str(output)
+
+
+@pytest.mark.parametrize("cuda_available,expected", [(False, "cpu"), (True, "cuda")])
+def test_the_device_follows_the_machine(monkeypatch, caplog, cuda_available, expected):
+    """No config pins the CPU: Detectron2's default "cuda" is kept where CUDA exists and becomes
+    "cpu" where it does not, with one log line; an explicit "cpu" is kept either way."""
+    import logging
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_available)
+    for path in ("configs/Shapes/mutualnet_slimheads_mask_rcnn_R_18_FPN.yaml", "configs/Study/Converged-3375-Study.yaml",
+                 "configs/COCO-InstanceSegmentation/mutualnet_mask_rcnn_R_50_FPN_1x.yaml"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="mutualnet_det.config"):
+            cfg = load_config(os.path.join(REPO, path))
+        assert cfg.MODEL.DEVICE == expected, path
+        assert ("no CUDA device on this machine, running on the CPU" in caplog.text) == (not cuda_available)
+        assert load_config(os.path.join(REPO, path), ["MODEL.DEVICE", "cpu"]).MODEL.DEVICE == "cpu"
+    if not cuda_available:
+        with pytest.raises(ValueError, match=r"MODEL.DEVICE='cuda:1' but this machine has no CUDA device"):
+            load_config(SHAPES, ["MODEL.DEVICE", "cuda:1"])

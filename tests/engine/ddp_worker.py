@@ -6,6 +6,10 @@ its final parameters; the test checks the ranks agree.
 import os
 import sys
 
+# gloo on the CPU on every machine: Detectron2's launch picks NCCL (and wants one GPU per process)
+# whenever CUDA is visible, so it is hidden from these processes before torch is imported.
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mutualnet_det  # noqa: E402,F401
 import torch  # noqa: E402
