@@ -11,6 +11,8 @@ memory of single, usnet and mutualnet. Writes JSON and Markdown to benchmarks/re
         mutualnet in float32 and with SOLVER.AMP.ENABLED (bfloat16 on CPU, float16 on CUDA): precision_*.{json,md}
     python tools/benchmark.py --roi-align [--train-iters 6]  # s/iteration of single, usnet and
         mutualnet with MUTUALNET.CPU_ROI_ALIGN torchvision and gather, alternated twice: roi_align_*.{json,md}
+    python tools/benchmark.py --rescale  # the narrower members' bitmask resize at 800 x 1333 with 20
+        masks, against the dense product it replaced: rescale_*.{json,md}
 """
 import argparse
 import os
@@ -19,6 +21,7 @@ import mutualnet_det  # noqa: F401  (registration; before other Detectron2 impor
 import torch
 
 from mutualnet_det.benchmark.inference import heads_inference_benchmark, inference_benchmark
+from mutualnet_det.benchmark.rescale import rescale_benchmark, rescale_markdown
 from mutualnet_det.benchmark.reports import (benchmark_markdown, heads_markdown, new_report, precision_markdown,
                                              roi_align_markdown)
 from mutualnet_det.benchmark.timing import write_report
@@ -43,8 +46,13 @@ def main():
                         help="only training s/iteration of each method in float32 and with SOLVER.AMP.ENABLED")
     parser.add_argument("--roi-align", action="store_true",
                         help="only training s/iteration of each method with each MUTUALNET.CPU_ROI_ALIGN")
+    parser.add_argument("--rescale", action="store_true",
+                        help="only the bitmask resize of the narrower members at COCO size")
     args = parser.parse_args()
-    if args.slimmable_heads:
+    if args.rescale:
+        report = new_report(args.device, args.config_file, rescale=rescale_benchmark(args.device, repeats=args.repeats))
+        write_report(report, args.output, "rescale_", rescale_markdown)
+    elif args.slimmable_heads:
         inference = heads_inference_benchmark(args.config_file, args.device, args.repeats)
         training = heads_training_benchmark(args.config_file, args.train_iters, args.device)
         report = new_report(args.device, args.config_file, inference=inference, training=training)

@@ -10,6 +10,7 @@ less than half of every output pixel (about 1 pixel across at the new size) lose
 keeps its box. Size divisibility is applied later by the model's own padding.
 """
 import copy
+import math
 from typing import Dict, List
 
 import torch
@@ -41,23 +42,39 @@ def rescale_instances(instances: Instances, new_height: int, new_width: int) -> 
     return result
 
 
-def _coverage_matrix(old_size: int, new_size: int, device) -> torch.Tensor:
-    """new_size x old_size: the fraction of each new pixel (along one axis) that each old pixel
-    covers, when [0, old_size) is stretched onto [0, new_size)."""
-    pixel = old_size / new_size  # a new pixel spans this many old pixels
-    starts = torch.arange(new_size, device=device, dtype=torch.float32)[:, None] * pixel
-    old = torch.arange(old_size, device=device, dtype=torch.float32)[None, :]
-    overlap = (torch.minimum(starts + pixel, old + 1) - torch.maximum(starts, old)).clamp(min=0)
-    return overlap / pixel
+def _overlaps(old_size: int, new_size: int, device):
+    """When [0, old_size) is stretched onto [0, new_size), new pixel i overlaps at most
+    K = ceil(old/new) + 1 old pixels, from floor(i * old / new) on: their indices (new_size x K,
+    clamped into range) and the fraction of the new pixel each covers (0 past the end)."""
+    pixel = old_size / new_size
+    starts = torch.arange(new_size, device=device, dtype=torch.float64) * pixel
+    span = int(math.ceil(pixel)) + 1
+    old = starts.floor().long()[:, None] + torch.arange(span, device=device)[None, :]
+    overlap = (torch.minimum(starts[:, None] + pixel, old + 1) - torch.maximum(starts[:, None], old.double())).clamp(min=0)
+    overlap[old >= old_size] = 0
+    return old.clamp(max=old_size - 1), (overlap / pixel).float()
+
+
+def _mean_over_new_rows(values: torch.Tensor, new_size: int) -> torch.Tensor:
+    """... x H x W -> ... x new_size x W: the mean of `values` over each new row, a weighted sum
+    of the K old rows it overlaps (exact area weights): K row gathers of the output's size, so
+    O(pixels) and no dense product; float32, on the values' device. (Rows, not columns: gathering
+    whole rows is a contiguous copy, gathering columns is not.)"""
+    index, weight = _overlaps(values.shape[-2], new_size, values.device)
+    result = None
+    for k in range(index.shape[1]):
+        term = values.index_select(-2, index[:, k]).float().mul_(weight[:, k, None])
+        result = term if result is None else result.add_(term)
+    return result
 
 
 def _resize_bitmasks(masks: torch.Tensor, new_height: int, new_width: int) -> torch.Tensor:
     """N x H x W boolean masks resized by area: a new pixel is set when at least half of its area
-    is covered by set pixels (exact coverage, separable in rows and columns)."""
-    rows = _coverage_matrix(masks.shape[-2], new_height, masks.device)
-    columns = _coverage_matrix(masks.shape[-1], new_width, masks.device)
-    coverage = torch.einsum("oh,nhw,pw->nop", rows, masks.float(), columns)
-    return coverage >= 0.5 - 1e-6
+    is covered by set pixels. Exact coverage, separable: rows first, then (transposed) the
+    columns of the row means; O(pixels), on the masks' device."""
+    rows = _mean_over_new_rows(masks, new_height)
+    coverage = _mean_over_new_rows(rows.transpose(-1, -2).contiguous(), new_width)
+    return (coverage >= 0.5 - 1e-6).transpose(-1, -2)
 
 
 def resize_image(image: torch.Tensor, new_height: int, new_width: int) -> torch.Tensor:
@@ -74,8 +91,10 @@ def _xy_factors(poly, scale_x, scale_y):
     return factors
 
 
-def rescale_batch(batched_inputs: List[Dict], scale: float) -> List[Dict]:
-    """The same batch with every image (and its ground truth) resized by `scale`.
+def rescale_batch(batched_inputs: List[Dict], scale: float, device=None) -> List[Dict]:
+    """The same batch with every image (and its ground truth) resized by `scale`, on `device`
+    (the model's: the resize runs where the batch is used, not on the CPU while a GPU waits;
+    the model would move the tensors there anyway).
 
     Scale 1.0 returns the batch itself. Other keys ("height", "width": the original size that
     predictions are mapped back to) are kept.
@@ -84,12 +103,13 @@ def rescale_batch(batched_inputs: List[Dict], scale: float) -> List[Dict]:
         return batched_inputs
     rescaled = []
     for item in batched_inputs:
-        image = item["image"]
+        image = item["image"] if device is None else item["image"].to(device, non_blocking=True)
         new_height, new_width = scaled_size(image.shape[-2], image.shape[-1], scale)
         new_item = copy.copy(item)
         new_item["image"] = resize_image(image, new_height, new_width)
         if "instances" in item:
-            new_item["instances"] = rescale_instances(item["instances"], new_height, new_width)
+            instances = item["instances"] if device is None else item["instances"].to(device)
+            new_item["instances"] = rescale_instances(instances, new_height, new_width)
         rescaled.append(new_item)
     return rescaled
 

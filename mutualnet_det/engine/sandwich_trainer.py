@@ -66,7 +66,7 @@ class SandwichTrainer(SimpleTrainer):
         self.optimizer.zero_grad()
         member_losses, teacher = [], None
         for index, member in enumerate(cohort):
-            inputs = rescale_batch(data, member.resolution_scale)
+            inputs = rescale_batch(data, member.resolution_scale, device=model.device)
             set_width(model, member.width)
             # Data-parallel: all-reduce gradients once, in the last member's backward.
             with self._gradient_sync(last=index == len(cohort) - 1):

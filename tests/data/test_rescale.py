@@ -122,32 +122,48 @@ def test_bitmasks_of_a_wide_image_by_hand():
     assert torch.equal(scaled["instances"].gt_masks.tensor[0], torch.tensor([[True, False, False], [False, True, False]]))
 
 
-def test_coverage_matrix_by_hand_on_the_requested_device():
+def test_mean_over_new_rows_by_hand_on_the_requested_device():
     """5 old pixels onto 2 new ones: a new pixel spans 2.5 old ones; old pixel 2 is split evenly."""
-    from mutualnet_det.data.rescale import _coverage_matrix
+    from mutualnet_det.data.rescale import _mean_over_new_rows
 
-    expected = torch.tensor([[1.0, 1.0, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 1.0, 1.0]]) / 2.5
-    assert torch.allclose(_coverage_matrix(5, 2, torch.device("cpu")), expected)
-    # "meta" stands in for a GPU here: the matrices must be made where the masks are
-    assert _coverage_matrix(5, 2, torch.device("meta")).device.type == "meta"
-
-
-def test_mask_coverage_is_computed_on_the_masks_device(monkeypatch):
-    """On a GPU a coverage matrix made on the CPU would fail the product with the masks; record
-    the device each matrix is asked for (masks on "meta", a device that is not the CPU)."""
-    import mutualnet_det.data.rescale as rescale
-
-    requested = []
-    original = rescale._coverage_matrix
-
-    def recording(old_size, new_size, device):
-        requested.append((old_size, new_size, device))
-        return original(old_size, new_size, device)
-
-    monkeypatch.setattr(rescale, "_coverage_matrix", recording)
+    values = torch.tensor([[1, 2, 3, 4, 5]], dtype=torch.uint8).T  # 5 rows of one column
+    expected = torch.tensor([[1 + 2 + 0.5 * 3], [0.5 * 3 + 4 + 5]]) / 2.5
+    assert torch.allclose(_mean_over_new_rows(values, 2), expected, rtol=0, atol=1e-6)
+    # "meta" stands in for a GPU here: the work is done where the masks are
     masks = torch.zeros(2, 4, 6, dtype=torch.bool, device="meta")
-    assert rescale._resize_bitmasks(masks, 2, 3).shape == (2, 2, 3)
-    assert requested == [(4, 2, masks.device), (6, 3, masks.device)]
+    import mutualnet_det.data.rescale as rescale
+    assert rescale._resize_bitmasks(masks, 2, 3).device.type == "meta"
+
+
+def dense_area_resize(masks, new_height, new_width):
+    """The reference: coverage as a dense product of the two axes' overlap matrices, in float64
+    (what the implementation replaced: O(new_height x H x W) per mask)."""
+    def overlap(old_size, new_size):
+        pixel = old_size / new_size
+        starts = torch.arange(new_size, dtype=torch.float64)[:, None] * pixel
+        old = torch.arange(old_size, dtype=torch.float64)[None, :]
+        return (torch.minimum(starts + pixel, old + 1) - torch.maximum(starts, old)).clamp(min=0) / pixel
+
+    coverage = torch.einsum("oh,nhw,pw->nop", overlap(masks.shape[-2], new_height), masks.double(),
+                            overlap(masks.shape[-1], new_width))
+    return coverage >= 0.5 - 1e-6
+
+
+def test_bitmask_resize_equals_the_dense_area_product():
+    """Random blobs and thin lines, odd sizes, the paper's scales and 0.4: the O(pixels) resize
+    sets exactly the pixels the dense float64 product sets."""
+    from mutualnet_det.data.rescale import _resize_bitmasks
+
+    generator = torch.Generator().manual_seed(0)
+    for height, width in ((97, 131), (64, 64), (33, 250)):
+        masks = torch.rand(6, height, width, generator=generator) > 0.6
+        masks[0] = False
+        masks[0, 10:13, 5:40] = True  # a thin bar
+        masks[1] = torch.rand(height, width, generator=generator) > 0.97  # sparse speckle
+        for scale in PAPER_SCALES_AND_0P4:
+            new_height, new_width = scaled_size(height, width, scale)
+            ours = _resize_bitmasks(masks, new_height, new_width)
+            assert torch.equal(ours, dense_area_resize(masks, new_height, new_width)), (height, width, scale)
 
 
 def test_black_white_and_float_images_keep_their_values():
@@ -187,3 +203,23 @@ def test_test_time_input_at_a_scale_equals_detectron2_resize_by_hand():
         assert item["image"].dtype == torch.float32
         assert torch.equal(item["image"], torch.as_tensor(reference.transpose(2, 0, 1).astype(np.float32)))
         assert (item["height"], item["width"]) == (height, width)
+
+
+def test_a_batch_is_rescaled_on_the_models_device(monkeypatch):
+    """rescale_batch(..., device) moves each image and its ground truth there first, so the resize
+    runs where the model is ("meta" stands in for a GPU for an image; the instances' move is
+    recorded); scale 1.0 leaves the batch as it is."""
+    (scaled,) = rescale_batch([{"image": torch.zeros(3, 40, 40, dtype=torch.uint8)}], 0.5, device="meta")
+    assert scaled["image"].device.type == "meta" and scaled["image"].shape == (3, 20, 20)
+    masks = torch.zeros(1, 40, 40, dtype=torch.bool)
+    masks[0, 5:20, 5:20] = True
+    item = {"image": torch.zeros(3, 40, 40, dtype=torch.uint8),
+            "instances": Instances((40, 40), gt_masks=BitMasks(masks), gt_boxes=Boxes(torch.tensor([[5.0, 5, 20, 20]])))}
+    moved = []
+    real_to = Instances.to
+    monkeypatch.setattr(Instances, "to", lambda self, *args, **kwargs: moved.append(args) or real_to(self, *args, **kwargs))
+    (on_device,) = rescale_batch([item], 0.5, device="cpu")
+    (plain,) = rescale_batch([item], 0.5)
+    assert moved == [("cpu",)]
+    assert torch.equal(on_device["instances"].gt_masks.tensor, plain["instances"].gt_masks.tensor)
+    assert rescale_batch([item], 1.0, device="meta")[0] is item
