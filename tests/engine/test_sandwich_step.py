@@ -240,3 +240,46 @@ def test_step_clips_and_logs_how_often():
     assert grad_norm > 3e-3 and storage.latest()["grad_clipped"][0] == 1.0
     stepped = torch.linalg.vector_norm(torch.stack([g.norm() for g in optimizer.grads if g is not None]))
     assert abs(stepped - 1e-3 * len(COHORT)) < 1e-6  # the optimizer stepped with the clipped gradient
+
+
+def test_a_step_that_fails_half_way_hands_back_the_buffers_from_before_it():
+    """The members' forwards update the BN running statistics before the optimizer step. When a
+    step fails in its last member, restore_last_good_state puts back every buffer as it was before
+    that step (the bank of calibrated statistics aside) and names the last completed iteration;
+    after a completed step there is nothing to undo."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    trainer = SandwichTrainer(model, [toy_batch()] * 3, optimizer, cohort_of=lambda iteration: COHORT)
+
+    def buffers():
+        return {name: buffer.clone() for name, buffer in model.named_buffers() if not name.startswith("bn_stats_bank.")}
+
+    assert trainer.restore_last_good_state() == -1  # no step yet: nothing to hand back
+    with EventStorage(0):
+        trainer.iter = 0
+        trainer.run_step()
+        after_first_step = buffers()
+        assert trainer.restore_last_good_state() == 0
+        assert all(torch.equal(after_first_step[name], value) for name, value in buffers().items())
+
+        real_forward, calls = trainer._forward, []
+
+        def forward_failing_in_the_last_member(inputs):
+            calls.append(len(calls))
+            if len(calls) == len(COHORT):
+                raise FloatingPointError("a member's loss became NaN")
+            return real_forward(inputs)
+
+        trainer._forward = forward_failing_in_the_last_member
+        trainer.iter = 1
+        try:
+            trainer.run_step()
+        except FloatingPointError:
+            pass
+        changed = [name for name, value in buffers().items() if not torch.equal(after_first_step[name], value)]
+        assert any("running_mean" in name for name in changed)  # two members ran: statistics moved
+        model.bn_stats_bank.store(model, 0.5, 1.0)  # a bank entry made meanwhile is not a buffer to restore
+        assert trainer.restore_last_good_state() == 0
+        assert all(torch.equal(after_first_step[name], value) for name, value in buffers().items())
+        assert (0.5, 1.0) in model.bn_stats_bank
