@@ -23,10 +23,12 @@ loads that configuration's statistics, calibrating first if the bank lacks them.
 import logging
 from typing import Callable, Dict, Iterator, List, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
-from detectron2.data import DatasetMapper, build_detection_train_loader
+from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data import transforms as T
+from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
 from .data.rescale import scaled_test_cfg
@@ -101,25 +103,48 @@ class BNStatsBank(nn.Module):
                 self.bank.setdefault(key, {})[name] = tensor.detach().cpu().clone()
 
 
-def build_calibration_loader(cfg, resolution_scale: float):
+def calibration_records(cfg) -> List[Dict]:
+    """The training records calibration reads: as many as one sweep's configurations of a scale
+    consume (len(TEST.WIDTHS) x BN_CALIB.NUM_BATCHES batches of this process's share of
+    SOLVER.IMS_PER_BATCH), drawn once with SEED (and the rank) from DATASETS.TRAIN. The full list
+    (118k records on COCO) is loaded once and not kept."""
+    records = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    per_batch = max(1, cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
+    needed = len(cfg.MUTUALNET.TEST.WIDTHS) * cfg.MUTUALNET.BN_CALIB.NUM_BATCHES * per_batch
+    if needed >= len(records):
+        return records
+    chosen = np.random.default_rng([max(cfg.SEED, 0), comm.get_rank()]).choice(len(records), needed, replace=False)
+    return [records[i] for i in sorted(chosen.tolist())]
+
+
+def build_calibration_loader(cfg, resolution_scale: float, records: List[Dict] = None):
     """An infinite loader of training images with ground truth, resized as the test-time resize
     (INPUT.MIN/MAX_SIZE_TEST) times `resolution_scale` and not flipped: the image sizes the width
-    sweep evaluates that scale at, so BN statistics are estimated on the inputs they will see."""
+    sweep evaluates that scale at, so BN statistics are estimated on the inputs they will see.
+    `records`: the training records to read (default: `calibration_records(cfg)`)."""
     scaled = scaled_test_cfg(cfg, resolution_scale)
     resize = T.ResizeShortestEdge(scaled.INPUT.MIN_SIZE_TEST, scaled.INPUT.MAX_SIZE_TEST)
     mapper = DatasetMapper(cfg, is_train=True, augmentations=[resize])
-    return build_detection_train_loader(cfg, mapper=mapper)
+    return build_detection_train_loader(cfg, mapper=mapper,
+                                        dataset=calibration_records(cfg) if records is None else records)
 
 
 def calibration_batches(cfg) -> Callable[[float], Iterator]:
-    """`resolution_scale -> iterator of calibration batches`, one loader per scale built on first
-    use and then continued (what `use_configuration` and the after-training calibration take)."""
-    iterators: Dict[float, Iterator] = {}
+    """`resolution_scale -> iterator of calibration batches` (what `use_configuration` and the
+    after-training calibration take). The training records are read once per sweep
+    (`calibration_records`); a scale's loader is built on first use and continued while that
+    scale is asked for, and closed (its workers with it) when another scale is: ask scale by
+    scale. Nothing of a finished scale stays alive."""
+    records: List[Dict] = []
+    current: Dict[float, Iterator] = {}
 
     def batches(resolution_scale: float) -> Iterator:
-        if resolution_scale not in iterators:
-            iterators[resolution_scale] = iter(build_calibration_loader(cfg, resolution_scale))
-        return iterators[resolution_scale]
+        if resolution_scale not in current:
+            current.clear()
+            if not records:
+                records.extend(calibration_records(cfg))
+            current[resolution_scale] = iter(build_calibration_loader(cfg, resolution_scale, records))
+        return current[resolution_scale]
 
     return batches
 

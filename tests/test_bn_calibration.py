@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from detectron2.data import DatasetCatalog
 from helpers import tiny_cfg
 
 from mutualnet_det.bn_calibration import BNStatsBank, calibrate_bn, use_configuration
@@ -145,3 +146,38 @@ def test_calibration_images_have_the_evaluated_sizes():
         sizes = {tuple(item["image"].shape[-2:]) for item in calibration}
         assert sizes == {tuple(evaluated[0]["image"].shape[-2:])} == {(round(96 * scale),) * 2}
         assert all(len(item["instances"]) > 0 for item in calibration)  # ground truth for train mode
+
+
+def test_a_sweep_loads_the_training_records_once_and_reads_only_what_it_needs(monkeypatch):
+    """A 2-scale x 2-width calibration: the training records are loaded once, only
+    len(TEST.WIDTHS) x NUM_BATCHES x IMS_PER_BATCH images are ever read, and a scale's loader is
+    gone once the next scale starts."""
+    import gc
+    import weakref
+
+    from detectron2.data import DatasetMapper
+
+    import mutualnet_det.bn_calibration as calibration
+    from mutualnet_det.bn_calibration import calibrate_bn, calibration_batches
+    from mutualnet_det.engine.trainer import MutualNetTrainer
+
+    cfg = tiny_cfg(**{"MUTUALNET.TEST.WIDTHS": (1.0, 0.5), "MUTUALNET.TEST.RESOLUTION_SCALES": (1.0, 0.5),
+                      "MUTUALNET.BN_CALIB.NUM_BATCHES": 2})
+    loads, read = [], []
+    real_load, real_map = calibration.get_detection_dataset_dicts, DatasetMapper.__call__
+    monkeypatch.setattr(calibration, "get_detection_dataset_dicts", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    monkeypatch.setattr(DatasetMapper, "__call__", lambda self, record: read.append(record["file_name"]) or real_map(self, record))
+    model = MutualNetTrainer.build_model(cfg)
+    batches = calibration_batches(cfg)
+    first_loader = None
+    for width, scale in ((1.0, 1.0), (0.5, 1.0), (1.0, 0.5), (0.5, 0.5)):  # scale by scale, as the hook does
+        if first_loader is None:
+            first_loader = weakref.ref(batches(scale))
+        assert calibrate_bn(model, batches(scale), width, scale, 2)
+        if scale == 0.5:
+            gc.collect()
+            assert first_loader() is None  # scale 1.0's loader (and its workers) are gone
+    assert len(loads) == 1
+    needed = 2 * 2 * cfg.SOLVER.IMS_PER_BATCH
+    assert len(set(read)) <= needed < len(DatasetCatalog.get(cfg.DATASETS.TRAIN[0]))
+    assert sorted(model.bn_stats_bank.configurations()) == [(0.5, 0.5), (0.5, 1.0), (1.0, 0.5), (1.0, 1.0)]

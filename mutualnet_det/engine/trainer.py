@@ -65,7 +65,8 @@ class BNCalibrationHook(HookBase):
             return
         model = unwrap(self.trainer.model)
         batches = calibration_batches(self.cfg)
-        for width, scale in sweep_configurations(self.cfg):
+        # scale by scale: each scale's loader is closed when the next scale starts
+        for width, scale in sorted(sweep_configurations(self.cfg), key=lambda c: -c[1]):
             if calibrate_bn(model, batches(scale), width, scale, self.cfg.MUTUALNET.BN_CALIB.NUM_BATCHES):
                 logger.info(f"Calibrated BN statistics for width {width}, resolution scale {scale}")
         set_width(model, self.cfg.MUTUALNET.WIDTH_RANGE[1])
