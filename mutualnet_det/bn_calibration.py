@@ -175,8 +175,28 @@ def calibrate_bn(model: nn.Module, batches: Iterator, width: float, resolution_s
         for name, layer in layers.items():
             layer.momentum = momenta[name]
         model.train(was_training)
+    _average_over_processes(layers)
     model.bn_stats_bank.store(model, width, resolution_scale)
     return True
+
+
+def _average_over_processes(layers: Dict[str, nn.Module]) -> None:
+    """One set of statistics per configuration, whatever the process count. With SyncBN each
+    batch's statistics were already global (all ranks' pixels); with plain BN each rank estimated
+    them on its own images, so the in-training sweep would score each rank's share with other
+    statistics than the saved bank (rank 0's). Here each plain-BN statistic becomes the mean over
+    ranks (every rank calibrates the same number of batches of the same size), the same on all."""
+    world_size = comm.get_world_size()
+    if world_size == 1:
+        return
+    from .modeling.slimmable_ops import SlimmableSyncBatchNorm
+
+    for layer in layers.values():
+        if isinstance(layer, (SlimmableSyncBatchNorm, nn.SyncBatchNorm)):
+            continue
+        for statistic in (layer.running_mean, layer.running_var):
+            torch.distributed.all_reduce(statistic)
+            statistic.div_(world_size)
 
 
 def _device_type(model: nn.Module) -> str:

@@ -20,15 +20,15 @@ from detectron2.engine import launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
 from mutualnet_det.bn_calibration import BNStatsBank, calibrate_bn  # noqa: E402
-from mutualnet_det.modeling.slimmable_ops import SlimmableConv2d, SlimmableSyncBatchNorm  # noqa: E402
+from mutualnet_det.modeling.slimmable_ops import SlimmableBatchNorm2d, SlimmableConv2d, SlimmableSyncBatchNorm  # noqa: E402
 
 NUM_BATCHES = 4
 
 
 class ConvSyncBN(nn.Module):
-    def __init__(self):
+    def __init__(self, norm=SlimmableSyncBatchNorm):
         super().__init__()
-        self.conv = SlimmableConv2d(3, 16, kernel_size=3, padding=1, bias=False, norm=SlimmableSyncBatchNorm(16))
+        self.conv = SlimmableConv2d(3, 16, kernel_size=3, padding=1, bias=False, norm=norm(16))
         self.width_range = (0.25, 1.0)
         self.bn_stats_bank = BNStatsBank()
 
@@ -59,6 +59,12 @@ def main(output_dir):
         entry = model.bn_stats_bank.bank[f"w{width:.4f}_s1.0000".replace(".", "p")]
         saved[width] = {"mean": entry["conv.norm.running_mean"][:channels],
                         "var": entry["conv.norm.running_var"][:channels], "bn_inputs": bn_inputs}
+    # plain BN: each rank calibrates on its own batches, then every rank banks the mean over ranks
+    plain = ConvSyncBN(norm=SlimmableBatchNorm2d)
+    plain.load_state_dict(model.state_dict(), strict=False)
+    calibrate_bn(plain, iter(batches), 1.0, 1.0, NUM_BATCHES)
+    entry = plain.bn_stats_bank.bank["w1p0000_s1p0000"]
+    saved["plain"] = {"mean": entry["conv.norm.running_mean"], "var": entry["conv.norm.running_var"]}
     # under bfloat16 autocast: statistics still in float32, the output in the input's dtype
     norm = model.conv.norm
     norm.reset_running_stats()

@@ -122,6 +122,14 @@ def test_syncbn_calibration_in_two_processes_gives_global_cumulative_statistics(
         for rank in ranks:
             assert torch.allclose(rank[width]["mean"], mean, rtol=1e-4, atol=1e-4), width
             assert torch.allclose(rank[width]["var"], var, rtol=1e-4), width
+    # plain BN: both ranks bank the same statistics, the mean over ranks of each rank's own
+    # (the average over its batches of the batch mean and unbiased variance)
+    own = [(torch.stack([b.mean(dim=(0, 2, 3)) for b in rank[1.0]["bn_inputs"]]).mean(0),
+            torch.stack([b.var(dim=(0, 2, 3), unbiased=True) for b in rank[1.0]["bn_inputs"]]).mean(0)) for rank in ranks]
+    assert torch.equal(ranks[0]["plain"]["mean"], ranks[1]["plain"]["mean"])
+    assert torch.equal(ranks[0]["plain"]["var"], ranks[1]["plain"]["var"])
+    assert torch.allclose(ranks[0]["plain"]["mean"], (own[0][0] + own[1][0]) / 2, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(ranks[0]["plain"]["var"], (own[0][1] + own[1][1]) / 2, rtol=1e-4)
     # a bfloat16 input under autocast: float32 statistics of the (bfloat16-valued) pooled input
     pooled = torch.cat([rank["amp"]["bn_input"] for rank in ranks])
     for rank in ranks:
