@@ -25,7 +25,12 @@ def device_description(device: str) -> str:
 
 
 def new_report(device: str, config_file: str, **fields) -> Dict:
-    """The fields every report has (date, device, its description, config), then `fields`."""
+    """The fields every report has (date, device, its description, config), then `fields`. A
+    config inside the repository is recorded relative to it (reports are committed: no path of
+    the machine that wrote them)."""
+    config_path = os.path.abspath(config_file)
+    if config_path.startswith(REPO + os.sep):
+        config_file = os.path.relpath(config_path, REPO)
     return {"date": datetime.date.today().isoformat(), "device": device,
             "device_name": device_description(device), "config": config_file, **fields}
 

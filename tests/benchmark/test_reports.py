@@ -63,3 +63,5 @@ def test_new_report_starts_with_the_common_fields_in_order():
     assert list(report) == ["date", "device", "device_name", "config", "train_iters", "training"]
     assert report["device"] == "cpu" and report["config"] == "configs/x.yaml"
     assert "torch threads" in report["device_name"]  # CPU times depend on the thread count
+    from mutualnet_det.benchmark.reports import REPO
+    assert new_report("cpu", os.path.join(REPO, "configs", "x.yaml"))["config"] == os.path.join("configs", "x.yaml")
