@@ -122,3 +122,139 @@ def test_bn_on_a_channel_slice_equals_bn_of_that_size(momentum, training):
     assert torch.allclose(slim.running_var[:5], reference.running_var, atol=1e-6)
     if momentum is None:  # the batch count drives the cumulative average (a slice with a momentum does not count)
         assert int(slim.num_batches_tracked) == int(reference.num_batches_tracked)
+
+
+def test_sync_bn_with_two_ranks_in_eval_uses_the_running_statistics(monkeypatch):
+    x = torch.randn(2, 5, 3, 3, generator=torch.Generator().manual_seed(6))
+    sync = trained(SlimmableSyncBatchNorm(CHANNELS)).eval()
+    reference = reference_of(sync, 5).eval()
+    two_ranks(monkeypatch, torch.randn(2, 5, 3, 3))
+    assert torch.allclose(sync(x), reference(x), atol=1e-6)
+    assert torch.equal(sync.running_mean, trained(SlimmableSyncBatchNorm(CHANNELS)).running_mean)  # nothing learnt
+
+
+def test_sync_bn_constant_channel_and_two_values_over_both_ranks(monkeypatch):
+    """A channel with one value everywhere (variance 0) normalises to its bias; with two values
+    in all (one per rank) the running variance is the unbiased one, twice the biased."""
+    x = torch.randn(1, CHANNELS, 1, 1, generator=torch.Generator().manual_seed(7))
+    y = torch.randn(1, CHANNELS, 1, 1, generator=torch.Generator().manual_seed(8))
+    x[:, 0], y[:, 0] = 3.0, 3.0
+    sync = trained(SlimmableSyncBatchNorm(CHANNELS)).train()
+    reference = reference_of(sync, CHANNELS).train()
+    two_ranks(monkeypatch, y)
+    out = sync(x)
+    # x * scale - mean * scale with scale = 1 / sqrt(eps) about 316: float32 keeps about 1e-4 of it
+    assert torch.allclose(out, reference(torch.cat([x, y]))[:1], atol=1e-3)
+    assert torch.allclose(out[0, 0], sync.bias[0].detach(), atol=1e-3)
+    assert torch.allclose(sync.running_var, reference.running_var, atol=1e-6)
+
+
+def test_sync_bn_with_a_single_value_in_all_normalises_it_to_the_bias(monkeypatch):
+    """One value per channel over all ranks (N x H x W = 1, the other rank empty): the mean is that
+    value, the variance 0, so the output is the bias; the running mean moves towards the value
+    (nn.BatchNorm2d refuses this case in training, so the numbers are by hand)."""
+    x = torch.randn(1, CHANNELS, 1, 1, generator=torch.Generator().manual_seed(9))
+    sync = trained(SlimmableSyncBatchNorm(CHANNELS, momentum=0.5)).train()
+    mean_before, var_before = sync.running_mean.clone(), sync.running_var.clone()
+    two_ranks(monkeypatch, torch.zeros(0, CHANNELS, 1, 1))
+    out = sync(x)
+    assert torch.allclose(out.flatten(), sync.bias.detach(), atol=1e-3)  # as above: scale about 316
+    assert torch.allclose(sync.running_mean, 0.5 * mean_before + 0.5 * x.flatten(), atol=1e-6)
+    assert torch.allclose(sync.running_var, 0.5 * var_before, atol=1e-6)  # variance 0 (count / max(count - 1, 1))
+
+
+def test_frozen_bn_on_a_slice_keeps_the_input_dtype():
+    """As Detectron2's FrozenBatchNorm2d: scale and shift are cast to the input's dtype."""
+    from detectron2.layers import FrozenBatchNorm2d
+
+    from mutualnet_det.modeling.slimmable_ops import SlimmableFrozenBatchNorm2d
+
+    frozen = SlimmableFrozenBatchNorm2d(CHANNELS)
+    frozen.load_state_dict(trained(nn.BatchNorm2d(CHANNELS)).state_dict(), strict=False)
+    reference = FrozenBatchNorm2d(5)
+    reference.load_state_dict({name: value[:5] for name, value in frozen.state_dict().items()})
+    x = torch.randn(2, 5, 3, 3, generator=torch.Generator().manual_seed(10))
+    assert torch.allclose(frozen(x), reference(x), atol=1e-6)
+    out = frozen(x.bfloat16())
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), reference(x.bfloat16().float()), atol=0.05)
+
+
+@pytest.mark.parametrize("channels,groups", [(8, 4), (6, 2), (5, 1)])
+def test_group_norm_on_a_slice_uses_whole_groups(channels, groups):
+    """GN with 4 groups over 8 channels: a slice of 6 runs with gcd(6, 4) = 2 groups, of 5 with 1."""
+    from mutualnet_det.modeling.slimmable_ops import SlimmableGroupNorm
+
+    slim = SlimmableGroupNorm(4, 8, eps=0.1)
+    with torch.no_grad():
+        slim.weight.uniform_(0.5, 1.5)
+        slim.bias.uniform_(-0.5, 0.5)
+    reference = nn.GroupNorm(groups, channels, eps=0.1)
+    reference.load_state_dict({name: value[:channels] for name, value in slim.state_dict().items()})
+    x = torch.randn(2, channels, 3, 3, generator=torch.Generator().manual_seed(11))
+    assert torch.allclose(slim(x), reference(x), atol=1e-6)
+
+
+def test_slimmable_linear_keeps_its_constructor_arguments():
+    from mutualnet_det.modeling.slimmable_ops import SlimmableLinear
+
+    assert SlimmableLinear(4, 3, bias=False).bias is None
+    assert SlimmableLinear(4, 3, dtype=torch.float64).weight.dtype == torch.float64
+
+
+def test_slimmable_linear_slices_outputs_and_inputs_like_a_smaller_linear():
+    """At width 0.5 a 16 -> 32 Linear keeps 16 outputs; inputs follow the tensor, on any leading
+    dimensions, as nn.Linear; built alone it starts at width 1.0 with every output."""
+    from mutualnet_det.modeling.slimmable_ops import SlimmableLinear
+    from mutualnet_det.width import ChannelRule
+
+    generator = torch.Generator().manual_seed(12)
+    for bias in (True, False):
+        linear = SlimmableLinear(16, 32, bias=bias)
+        assert linear.out_rule == ChannelRule(32) and linear.width == 1.0 and linear.active_out_channels == 32
+        linear.set_active_width(0.5)
+        for in_features in (16, 8):
+            x = torch.randn(2, 3, in_features, generator=generator)
+            expected = torch.nn.functional.linear(x, linear.weight[:16, :in_features],
+                                                  linear.bias[:16] if bias else None)
+            assert torch.allclose(linear(x), expected, atol=1e-6)
+
+
+def test_slimmable_conv_transpose_slices_like_a_smaller_one():
+    from mutualnet_det.modeling.slimmable_ops import SlimmableConvTranspose2d
+    from mutualnet_det.width import ChannelRule
+
+    generator = torch.Generator().manual_seed(13)
+    for bias in (True, False):
+        deconv = SlimmableConvTranspose2d(16, 32, kernel_size=2, stride=2, bias=bias)
+        assert deconv.out_rule == ChannelRule(32) and deconv.width == 1.0 and deconv.active_out_channels == 32
+        for width, out_channels in ((1.0, 32), (0.5, 16)):
+            deconv.set_active_width(width)
+            for in_channels in (16, 8):
+                x = torch.randn(1, in_channels, 3, 3, generator=generator)
+                expected = torch.nn.functional.conv_transpose2d(
+                    x, deconv.weight[:in_channels, :out_channels], deconv.bias[:out_channels] if bias else None, stride=2)
+                assert torch.allclose(deconv(x), expected, atol=1e-6)
+    with pytest.raises(NotImplementedError, match="^slimmable grouped transposed convolutions are not supported$"):
+        SlimmableConvTranspose2d(16, 32, kernel_size=2, groups=2)
+
+
+def test_slimmable_conv_slices_like_a_smaller_conv_then_norm_and_activation():
+    from mutualnet_det.modeling.slimmable_ops import SlimmableConv2d
+    from mutualnet_det.width import ChannelRule
+
+    generator = torch.Generator().manual_seed(14)
+    for bias in (True, False):
+        conv = SlimmableConv2d(16, 32, kernel_size=3, padding=1, stride=2, bias=bias,
+                               norm=trained(SlimmableBatchNorm2d(32)).eval(), activation=torch.relu)
+        assert conv.out_rule == ChannelRule(32) and conv.width == 1.0 and conv.active_out_channels == 32
+        for width, out_channels in ((1.0, 32), (0.5, 16)):
+            conv.set_active_width(width)
+            for in_channels in (16, 8):
+                x = torch.randn(1, in_channels, 5, 5, generator=generator)
+                plain = torch.nn.functional.conv2d(x, conv.weight[:out_channels, :in_channels],
+                                                   conv.bias[:out_channels] if bias else None, stride=2, padding=1)
+                expected = torch.relu(reference_of(conv.norm, out_channels).eval()(plain))
+                assert torch.allclose(conv(x), expected, atol=1e-5)
+    with pytest.raises(NotImplementedError, match="^slimmable grouped convolutions are not supported$"):
+        SlimmableConv2d(16, 32, kernel_size=3, groups=2)
