@@ -117,3 +117,66 @@ def test_eval_only_cli_stops_before_any_evaluation_on_missing_weights(tmp_path):
     assert result.returncode != 0
     assert "does not exist" in result.stderr
     assert "Start inference" not in result.stdout + result.stderr
+
+
+def full_record(width, scale, gflops, ap, segm_ap=None):
+    result = {"width": width, "resolution_scale": scale, "bn_stats": "bank", "gflops": gflops,
+              "gflops_backbone": gflops / 2, "params": 2_500_000,
+              "bbox": {"AP": ap, "AP50": ap + 20, "AP75": ap + 1, "APs": ap - 10, "APm": ap, "APl": ap + 10}}
+    if segm_ap is not None:
+        result["segm"] = {"AP": segm_ap, "AP50": 0.0, "AP75": 0.0, "APs": 1.0, "APm": 2.0, "APl": 3.0}
+    return result
+
+
+def test_sweep_configurations_widest_and_largest_first_without_repeats():
+    from mutualnet_det.evaluation.width_sweep import sweep_configurations
+
+    cfg = tiny_cfg(**{"MUTUALNET.TEST.WIDTHS": (0.5, 1, 0.25, 0.5), "MUTUALNET.TEST.RESOLUTION_SCALES": (0.6, 1.0)})
+    configurations = sweep_configurations(cfg)
+    assert configurations == [(1.0, 1.0), (1.0, 0.6), (0.5, 1.0), (0.5, 0.6), (0.25, 1.0), (0.25, 0.6)]
+    assert all(isinstance(value, float) for pair in configurations for value in pair)
+
+
+def test_written_sweep_files_by_hand(tmp_path):
+    """The json holds the records as given; the csv has one row per record with the metric
+    columns in a fixed order (empty where a task is missing); each sweep keeps its stamped copy,
+    a second one in the same second gets the suffix _2."""
+    import csv
+    from mutualnet_det.evaluation.width_sweep import write_sweep
+
+    records = [full_record(1.0, 1.0, 4.0, 30.0, segm_ap=25.0), full_record(0.25, 0.6, 1.0, 10.0)]
+    folder = tmp_path / "inference" / "shapes_val"  # made by write_sweep
+    path = write_sweep(records, str(folder))
+    assert path == str(folder / "width_sweep.json")
+    assert json.load(open(path)) == records
+    rows = list(csv.reader(open(folder / "width_sweep.csv")))
+    assert rows[0] == ["width", "resolution_scale", "gflops", "gflops_backbone", "params", "bn_stats",
+                       "bbox_AP", "bbox_AP50", "bbox_AP75", "bbox_APs", "bbox_APm", "bbox_APl",
+                       "segm_AP", "segm_AP50", "segm_AP75", "segm_APs", "segm_APm", "segm_APl"]
+    assert rows[1] == ["1.0", "1.0", "4.0", "2.0", "2500000", "bank", "30.0", "50.0", "31.0", "20.0", "30.0", "40.0",
+                       "25.0", "0.0", "0.0", "1.0", "2.0", "3.0"]
+    assert rows[2][:12] == ["0.25", "0.6", "1.0", "0.5", "2500000", "bank", "10.0", "30.0", "11.0", "0.0", "10.0", "20.0"]
+    assert rows[2][12:] == [""] * 6 and len(rows) == 3
+    stamped = sorted(p.name for p in folder.glob("width_sweep_*"))
+    assert len(stamped) == 2 and stamped[0].endswith(".csv") and stamped[1].endswith(".json")
+    assert json.load(open(folder / stamped[1])) == records
+    assert list(csv.reader(open(folder / stamped[0]))) == rows
+    assert not list(folder.glob("*.tmp"))
+
+    from mutualnet_det.evaluation import width_sweep
+
+    stem = stamped[1][:-len(".json")]
+    assert width_sweep._free_stem(str(folder), stem) == stem + "_2"
+    (folder / (stem + "_2.json")).write_text("[]")
+    assert width_sweep._free_stem(str(folder), stem) == stem + "_3"
+    assert width_sweep._free_stem(str(folder), "width_sweep_other") == "width_sweep_other"
+
+
+def test_sweep_table_text_by_hand():
+    from mutualnet_det.evaluation.width_sweep import format_sweep
+
+    lines = format_sweep([full_record(1.0, 1.0, 4.0, 30.0, segm_ap=25.0), full_record(0.25, 0.6, 1.0, 10.0)]).splitlines()
+    assert lines[0].split() == ["width", "scale", "GFLOPs", "GFLOPs", "bb", "params", "(M)", "box", "AP", "APs", "APl",
+                                "mask", "AP", "APs", "APl"]
+    assert lines[2].split() == ["1.00", "1.00", "4.00", "2.00", "2.50", "30.00", "20.00", "40.00", "25.00", "1.00", "3.00"]
+    assert lines[3].split() == ["0.25", "0.60", "1.00", "0.50", "2.50", "10.00", "0.00", "20.00", "nan", "nan", "nan"]
