@@ -133,3 +133,19 @@ def test_readme_results_table_is_the_study_of_record():
             expected += ["-"] * 3 if record is None else [
                 f"{record['bbox']['AP']:.1f}", f"{record['segm']['AP']:.1f}", f"{record['gflops']:.2f}"]
         assert rows[group] == expected, group
+
+
+def test_every_mutualnet_key_is_documented():
+    """docs/configuration.md names every key of the MUTUALNET node (config.py adds them)."""
+    from detectron2.config import CfgNode
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            yield from leaves(value, f"{prefix}{key}.") if isinstance(value, CfgNode) else [f"{prefix}{key}"]
+
+    cfg = get_cfg()
+    add_mutualnet_config(cfg)
+    keys = list(leaves(cfg.MUTUALNET))
+    text = open(os.path.join(REPO, "docs", "configuration.md")).read()
+    missing = [key for key in keys if f"`{key}`" not in text]
+    assert len(keys) >= 19 and not missing, missing

@@ -13,6 +13,8 @@ memory of single, usnet and mutualnet. Writes JSON and Markdown to benchmarks/re
         mutualnet with MUTUALNET.CPU_ROI_ALIGN torchvision and gather, alternated twice: roi_align_*.{json,md}
     python tools/benchmark.py --rescale  # the narrower members' bitmask resize at 800 x 1333 with 20
         masks, against the dense product it replaced: rescale_*.{json,md}
+    python tools/benchmark.py --coco-cost  # the COCO config's GFLOPs per iteration of each method and
+        per width sweep, counted at 800 x 1333 (no data, no GPU needed): coco_cost_*.{json,md}
 """
 import argparse
 import os
@@ -20,6 +22,7 @@ import os
 import mutualnet_det  # noqa: F401  (registration; before other Detectron2 imports)
 import torch
 
+from mutualnet_det.benchmark.coco_cost import coco_cost_markdown, coco_cost_report
 from mutualnet_det.benchmark.inference import heads_inference_benchmark, inference_benchmark
 from mutualnet_det.benchmark.rescale import rescale_benchmark, rescale_markdown
 from mutualnet_det.benchmark.reports import (benchmark_markdown, heads_markdown, new_report, precision_markdown,
@@ -30,11 +33,13 @@ from mutualnet_det.benchmark.training import (METHODS, heads_training_benchmark,
 from mutualnet_det.engine.precision import cpu_has_fast_bfloat16
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(REPO, "configs", "Shapes", "mutualnet_mask_rcnn_R_18_FPN.yaml")
+COCO_CONFIG = os.path.join(REPO, "configs", "COCO-InstanceSegmentation", "mutualnet_mask_rcnn_R_50_FPN_1x.yaml")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default=os.path.join(REPO, "configs", "Shapes", "mutualnet_mask_rcnn_R_18_FPN.yaml"))
+    parser.add_argument("--config-file", default=DEFAULT_CONFIG)
     parser.add_argument("--weights", default=os.path.join(REPO, "output", "shapes_mutualnet", "model_final.pth"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=7)
@@ -48,8 +53,14 @@ def main():
                         help="only training s/iteration of each method with each MUTUALNET.CPU_ROI_ALIGN")
     parser.add_argument("--rescale", action="store_true",
                         help="only the bitmask resize of the narrower members at COCO size")
+    parser.add_argument("--coco-cost", action="store_true",
+                        help="only the COCO config's cost on paper (--config-file defaults to the COCO MutualNet config)")
     args = parser.parse_args()
-    if args.rescale:
+    if args.coco_cost:
+        config = args.config_file if args.config_file != DEFAULT_CONFIG else COCO_CONFIG
+        report = new_report("cpu", os.path.relpath(config, REPO), coco_cost=coco_cost_report(config))
+        write_report(report, args.output, "coco_cost_", coco_cost_markdown)
+    elif args.rescale:
         report = new_report(args.device, args.config_file, rescale=rescale_benchmark(args.device, repeats=args.repeats))
         write_report(report, args.output, "rescale_", rescale_markdown)
     elif args.slimmable_heads:
