@@ -180,3 +180,63 @@ def test_sweep_table_text_by_hand():
                                 "mask", "AP", "APs", "APl"]
     assert lines[2].split() == ["1.00", "1.00", "4.00", "2.00", "2.50", "30.00", "20.00", "40.00", "25.00", "1.00", "3.00"]
     assert lines[3].split() == ["0.25", "0.60", "1.00", "0.50", "2.50", "10.00", "0.00", "20.00", "nan", "nan", "nan"]
+
+
+def two_image_dataset(tmp_path):
+    """shapes_val's first two images as a dataset of their own, with their COCO json, so that a
+    whole sweep runs in seconds."""
+    from detectron2.data import MetadataCatalog
+
+    name = "shapes_val_first_two"
+    records = DatasetCatalog.get("shapes_val")[:2]
+    metadata = MetadataCatalog.get("shapes_val")
+    coco = json.load(open(metadata.json_file))
+    image_ids = {r["image_id"] for r in records}
+    coco["images"] = [image for image in coco["images"] if image["id"] in image_ids]
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in image_ids]
+    json_file = tmp_path / "first_two.json"
+    json_file.write_text(json.dumps(coco))
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: [dict(r) for r in records])
+    MetadataCatalog.get(name).set(json_file=str(json_file), **{k: v for k, v in metadata.as_dict().items()
+                                                               if k not in ("name", "json_file")})
+    return name
+
+
+def test_a_sweep_on_two_images_records_each_configuration_from_bank_or_calibration(tmp_path):
+    """run_width_sweep end to end on two images: the configurations in order, each evaluated at its
+    width on images at its scale; statistics from the bank where banked, calibrated otherwise;
+    costs that fall with width and scale; the training record; COCO metrics of both tasks; the files."""
+    from mutualnet_det.bn_calibration import calibration_batches
+    from mutualnet_det.config import training_recipe
+    from mutualnet_det.evaluation.width_sweep import METRICS, build_evaluator, run_width_sweep
+
+    name = two_image_dataset(tmp_path)
+    cfg = tiny_cfg(**{"OUTPUT_DIR": str(tmp_path), "DATASETS.TEST": (name,), "MUTUALNET.TEST.WIDTHS": (0.25, 1.0),
+                      "MUTUALNET.TEST.RESOLUTION_SCALES": (0.5, 1.0), "TEST.DETECTIONS_PER_IMAGE": 10,
+                      "MUTUALNET.BN_CALIB.NUM_BATCHES": 1})
+    torch.manual_seed(0)
+    model = MutualNetTrainer.build_model(cfg)
+    model.bn_stats_bank.store(model, 1.0, 1.0)  # banked: used as is; the other three are calibrated
+    evaluated = []  # (width, image side) of each inference-mode forward pass
+    model.register_forward_pre_hook(lambda module, args: evaluated.extend(
+        (get_width(module), int(item["image"].shape[-1])) for item in args[0] if not module.training))
+    results = run_width_sweep(cfg, model, calibration_batches(cfg))
+
+    records = results[name]
+    assert list(results) == [name]
+    assert [(r["width"], r["resolution_scale"]) for r in records] == [(1.0, 1.0), (1.0, 0.5), (0.25, 1.0), (0.25, 0.5)]
+    assert [r["bn_stats"] for r in records] == ["bank", "calibrated", "calibrated", "calibrated"]
+    assert all(r["trained_as"] == training_recipe(cfg) for r in records)
+    runs = [(key, len(list(group))) for key, group in itertools.groupby(evaluated)]
+    assert [key for key, _ in runs] == [(1.0, 64), (1.0, 32), (0.25, 64), (0.25, 32)]
+    assert all(count >= 2 for _, count in runs)  # both images, after the FLOPs count's
+    by_config = {(r["width"], r["resolution_scale"]): r for r in records}
+    assert by_config[(1.0, 1.0)]["gflops"] > by_config[(1.0, 0.5)]["gflops"] > by_config[(0.25, 0.5)]["gflops"]
+    assert by_config[(1.0, 1.0)]["params"] == sum(p.numel() for p in model.parameters()) > by_config[(0.25, 1.0)]["params"]
+    assert all(set(r["bbox"]) >= set(METRICS) and set(r["segm"]) >= set(METRICS) for r in records)
+    written = json.load(open(tmp_path / "inference" / name / "width_sweep.json"))
+    assert json.dumps(written) == json.dumps(records)  # (a class without detections has AP NaN)
+    assert build_evaluator(tiny_cfg(**{"MODEL.MASK_ON": False}), name)._tasks == ("bbox",)
