@@ -243,3 +243,76 @@ def test_head_bn_calibration_equals_the_reduced_reference_statistics():
         assert torch.allclose(actual.running_mean[:channels], expected.running_mean, atol=1e-4), name
         assert torch.allclose(actual.running_var[:channels], expected.running_var, rtol=1e-3, atol=1e-4), name
     assert (0.5, 1.0) in ours.bn_stats_bank
+
+
+def test_unsupported_parts_are_refused_naming_the_part_and_the_switch():
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_backbone
+
+    from mutualnet_det.modeling.heads import (make_box_head_slimmable, make_fpn_outputs_slimmable,
+                                              make_heads_slimmable, make_mask_head_slimmable, make_rpn_head_slimmable)
+
+    def refused(part, module, supported):
+        return (rf"^MUTUALNET.SLIMMABLE_HEADS: {part} {type(module).__name__} has no slimmable version "
+                rf"\(supported: {supported}\); set MUTUALNET.SLIMMABLE_HEADS False$")
+
+    stock_cfg = mask_rcnn_cfg(18, slimmable=False)
+    stock = build_model(stock_cfg)
+    with pytest.raises(ValueError, match=r"^MUTUALNET.SLIMMABLE_HEADS needs the slimmable ResNet-FPN backbone "
+                                         r"\(build_slimmable_resnet_fpn_backbone\), got FPN$"):
+        make_fpn_outputs_slimmable(stock.backbone)  # Detectron2's FPN: no width range
+    plain_cfg = get_cfg()
+    plain_cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
+    with pytest.raises(ValueError, match=r"got ResNet$"):
+        make_fpn_outputs_slimmable(build_backbone(plain_cfg))
+    other = torch.nn.Identity()
+    with pytest.raises(NotImplementedError, match=refused("RPN head", other, "StandardRPNHead")):
+        make_rpn_head_slimmable(other)
+    with pytest.raises(NotImplementedError, match=refused("box head", other, "FastRCNNConvFCHead")):
+        make_box_head_slimmable(other, stock.roi_heads.box_predictor)
+    with pytest.raises(NotImplementedError, match=refused("box predictor", other, "FastRCNNOutputLayers")):
+        make_box_head_slimmable(stock.roi_heads.box_head, other)
+    with pytest.raises(NotImplementedError, match=refused("mask head", other, "MaskRCNNConvUpsampleHead")):
+        make_mask_head_slimmable(other)
+    ours = build_model(mask_rcnn_cfg(18))
+    with pytest.raises(NotImplementedError, match=refused("RoI heads", other, "StandardROIHeads")):
+        make_heads_slimmable(ours.backbone, ours.proposal_generator, other)
+    stock.roi_heads.keypoint_on, stock.roi_heads.keypoint_head = True, other
+    with pytest.raises(NotImplementedError, match=refused("keypoint head", other, "none")):
+        make_heads_slimmable(ours.backbone, ours.proposal_generator, stock.roi_heads)
+
+
+def test_head_channels_at_a_width_by_hand():
+    """The stock heads' sizes a frozen model is written with; by hand with the rule (multiple of
+    the divisor, nearest, never > 10% down): 64 * 0.3 = 19.2 -> 24, 32 * 0.3 = 9.6 -> 16 (8 is
+    > 10% down), 128 * 0.3 = 38.4 -> 40; divisor 1: 19, 10, 38. RPN conv dims: -1 (= the input's) kept."""
+    from mutualnet_det.modeling.heads import head_channels_at
+
+    cfg = mask_rcnn_cfg(18)
+    cfg.MODEL.RPN.CONV_DIMS = [64, -1]
+    assert head_channels_at(cfg, 0.3) == {"MODEL.FPN.OUT_CHANNELS": 24, "MODEL.ROI_BOX_HEAD.CONV_DIM": 16,
+                                          "MODEL.ROI_BOX_HEAD.FC_DIM": 40, "MODEL.ROI_MASK_HEAD.CONV_DIM": 16,
+                                          "MODEL.RPN.CONV_DIMS": [24, -1]}
+    cfg.MUTUALNET.CHANNEL_DIVISOR = 1
+    assert head_channels_at(cfg, 0.3) == {"MODEL.FPN.OUT_CHANNELS": 19, "MODEL.ROI_BOX_HEAD.CONV_DIM": 10,
+                                          "MODEL.ROI_BOX_HEAD.FC_DIM": 38, "MODEL.ROI_MASK_HEAD.CONV_DIM": 10,
+                                          "MODEL.RPN.CONV_DIMS": [19, -1]}
+
+
+def test_an_rpn_head_with_several_convs_becomes_slimmable_in_each():
+    """RPN.CONV_DIMS with two entries: Detectron2 builds a Sequential of convs; each follows the
+    width (64 and -1 = the input's channels), the predictors stay full."""
+    cfg = mask_rcnn_cfg(18)
+    cfg.MODEL.RPN.CONV_DIMS = [64, -1]
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    head = model.proposal_generator.rpn_head
+    assert isinstance(head.conv, torch.nn.Sequential)
+    convs = list(head.conv.children())
+    assert len(convs) == 2 and all(isinstance(c, SlimmableConv2d) for c in convs)
+    set_width(model, 0.5)
+    with torch.no_grad():
+        features = model.backbone(model.preprocess_image(image_inputs()).tensor)
+        assert head.conv(features["p2"]).shape[1] == 32  # 64 * 0.5
+        logits, deltas = head([features["p2"]])
+    assert logits[0].shape[1] == 3 and deltas[0].shape[1] == 12
