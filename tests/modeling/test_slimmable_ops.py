@@ -258,3 +258,40 @@ def test_slimmable_conv_slices_like_a_smaller_conv_then_norm_and_activation():
                 assert torch.allclose(conv(x), expected, atol=1e-5)
     with pytest.raises(NotImplementedError, match="^slimmable grouped convolutions are not supported$"):
         SlimmableConv2d(16, 32, kernel_size=3, groups=2)
+
+
+def test_slimmable_conv_transpose_slices_when_input_is_wider_than_output_and_keeps_dilation():
+    """A 32 -> 16 deconv fed 16 channels (its input sliced, its output full), and an 8 x 8 kernel
+    at 8 active outputs: each needs its own slice; dilation is passed on."""
+    from mutualnet_det.modeling.slimmable_ops import SlimmableConvTranspose2d
+
+    generator = torch.Generator().manual_seed(15)
+    deconv = SlimmableConvTranspose2d(32, 16, kernel_size=2, stride=2, dilation=2)
+    x = torch.randn(1, 16, 3, 3, generator=generator)
+    expected = torch.nn.functional.conv_transpose2d(x, deconv.weight[:16], deconv.bias, stride=2, dilation=2)
+    assert torch.allclose(deconv(x), expected, atol=1e-6)
+    wide_kernel = SlimmableConvTranspose2d(16, 32, kernel_size=8)
+    wide_kernel.set_active_width(0.25)  # 8 outputs, as many as the kernel's rows
+    x = torch.randn(1, 16, 3, 3, generator=generator)
+    expected = torch.nn.functional.conv_transpose2d(x, wide_kernel.weight[:, :8], wide_kernel.bias[:8])
+    assert torch.allclose(wide_kernel(x), expected, atol=1e-6)
+
+
+def test_converted_linear_and_conv_transpose_keep_every_hyper_parameter():
+    from mutualnet_det.modeling.slimmable_ops import slimmable_conv_transpose_like, slimmable_linear_like
+    from mutualnet_det.width import ChannelRule
+
+    generator = torch.Generator().manual_seed(16)
+    linear = nn.Linear(6, 4, bias=False)
+    slim_linear = slimmable_linear_like(linear, ChannelRule(4))
+    assert slim_linear.bias is None and torch.equal(slim_linear.weight, linear.weight)
+    x = torch.randn(2, 6, generator=generator)
+    assert torch.allclose(slim_linear(x), linear(x))
+
+    deconv = nn.ConvTranspose2d(8, 6, kernel_size=3, stride=2, padding=1, output_padding=1, dilation=2, bias=False)
+    slim = slimmable_conv_transpose_like(deconv, ChannelRule(6))
+    assert slim.bias is None
+    x = torch.randn(1, 8, 4, 4, generator=generator)
+    assert torch.allclose(slim(x), deconv(x), atol=1e-6)
+    with pytest.raises(NotImplementedError, match="grouped"):
+        slimmable_conv_transpose_like(nn.ConvTranspose2d(8, 6, kernel_size=2, groups=2), ChannelRule(6))
