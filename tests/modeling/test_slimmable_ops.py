@@ -295,3 +295,39 @@ def test_converted_linear_and_conv_transpose_keep_every_hyper_parameter():
     assert torch.allclose(slim(x), deconv(x), atol=1e-6)
     with pytest.raises(NotImplementedError, match="grouped"):
         slimmable_conv_transpose_like(nn.ConvTranspose2d(8, 6, kernel_size=2, groups=2), ChannelRule(6))
+
+
+@pytest.mark.parametrize("options", [dict(eps=0.1), dict(affine=False), dict(track_running_stats=False),
+                                     dict(track_running_stats=False, momentum=None)])
+@pytest.mark.parametrize("training", [True, False])
+def test_bn_options_on_a_channel_slice_equal_bn_of_that_size(options, training):
+    generator = torch.Generator().manual_seed(17)
+    slim = SlimmableBatchNorm2d(CHANNELS, **options).train(training)
+    reference = nn.BatchNorm2d(5, **options).train(training)
+    with torch.no_grad():
+        if slim.affine:
+            slim.weight.uniform_(0.5, 1.5)
+            slim.bias.uniform_(-0.5, 0.5)
+        if slim.track_running_stats:
+            slim.running_mean.uniform_(-1, 1)
+            slim.running_var.uniform_(0.5, 1.5)
+    reference.load_state_dict({name: value[:5] if value.dim() else value.clone() for name, value in slim.state_dict().items()})
+    x = torch.randn(2, 5, 3, 3, generator=generator) * 2 + 1
+    assert torch.allclose(slim(x), reference(x), atol=1e-5)
+    if slim.track_running_stats:
+        assert torch.allclose(slim.running_var[:5], reference.running_var, atol=1e-6)
+
+
+def test_slimmable_conv_with_dilation_and_an_input_as_wide_as_the_kernel():
+    """Dilation is passed on; a 16 -> 32 conv with an 8 x 8 kernel fed 8 channels at full width
+    still slices its input channels."""
+    from mutualnet_det.modeling.slimmable_ops import SlimmableConv2d
+
+    generator = torch.Generator().manual_seed(18)
+    conv = SlimmableConv2d(16, 32, kernel_size=3, dilation=2, padding=2)
+    x = torch.randn(1, 16, 7, 7, generator=generator)
+    assert torch.allclose(conv(x), torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=2, dilation=2), atol=1e-5)
+    wide_kernel = SlimmableConv2d(16, 32, kernel_size=8)
+    x = torch.randn(1, 8, 9, 9, generator=generator)
+    expected = torch.nn.functional.conv2d(x, wide_kernel.weight[:, :8], wide_kernel.bias)
+    assert torch.allclose(wide_kernel(x), expected, atol=1e-5)
