@@ -65,7 +65,10 @@ MODULES = [
          "test_when_even_the_cheapest_is_over_budget_it_stays_on_the_cheapest",
          "test_no_oscillation_at_a_steady_noisy_load", "test_at_the_edge_of_the_budget_one_switch_and_no_way_back",
          "test_recovers_within_the_stated_frames_after_a_slowdown_and_returns_when_it_ends",
-         "test_room_must_be_consecutive_to_step_up", "test_budget_policy_moves_to_another_front_with_its_parameters")],
+         "test_room_must_be_consecutive_to_step_up", "test_budget_policy_moves_to_another_front_with_its_parameters",
+         "test_budget_policy_parameters_refused_naming_them", "test_budget_policy_edges_of_its_parameters_and_defaults",
+         "test_budget_policy_waits_for_half_a_window_and_measures_the_load_as_a_median",
+         "test_budget_policy_start_and_metric")],
      "only BudgetPolicy is mutated, against its own tests (the predictor around it is timing code)"),
     # The whole sweep runs on two images here (8 s); the 60-image sweep (15 s a mutant) and the
     # command-line test (a subprocess, which mutmut cannot follow) are left out.

@@ -455,3 +455,49 @@ def test_without_a_contention_reader_or_on_a_fixed_policy_threads_stay_as_the_re
                                                                        SimulatedContention())
     assert "no readable /proc/stat" in thread_adaptation_off_because(torch.device("cpu"), policy, None)
     assert thread_adaptation_off_because(torch.device("cpu"), policy, SimulatedContention()) == ""
+
+
+@pytest.mark.parametrize("window,patience,headroom", [(0, 10, 0.85), (5, 0, 0.85), (5, 10, 0.0), (5, 10, 1.1)])
+def test_budget_policy_parameters_refused_naming_them(window, patience, headroom):
+    with pytest.raises(ValueError, match=rf"^need window >= 1, patience >= 1 and 0 < headroom <= 1 "
+                                         rf"\(got {window}, {patience}, {headroom}\)$"):
+        BudgetPolicy(FRONT, BUDGET, window=window, patience=patience, headroom=headroom)
+    with pytest.raises(ValueError, match=r"^latency budget must be a positive number of milliseconds, got 0$"):
+        BudgetPolicy(FRONT, 0)
+
+
+def test_budget_policy_edges_of_its_parameters_and_defaults():
+    """window 1, patience 1 and headroom 1 are allowed; the defaults are window 5, patience 10,
+    headroom 0.85 and box AP; the front is ordered by milliseconds whatever order it comes in."""
+    edge = BudgetPolicy(list(reversed(FRONT)), BUDGET, window=1, patience=1, headroom=1.0)
+    assert [r["latency_ms"] for r in edge.front] == FRONT_MS and edge.current["latency_ms"] == 60.0
+    assert edge.min_samples == 1 and edge.observe(60.0 * 75 / 80)  # 80 ms predicted at exactly 75: one frame of room
+    assert edge.current["latency_ms"] == 80.0
+    default = BudgetPolicy(FRONT, BUDGET)
+    assert (default.window, default.patience, default.headroom, default.metric) == (5, 10, 0.85, ("bbox", "AP"))
+    assert default.budget_ms == 75.0 and isinstance(default.budget_ms, float)
+
+
+def test_budget_policy_waits_for_half_a_window_and_measures_the_load_as_a_median():
+    """window 4: a decision needs 4 // 2 + 1 = 3 frames at the configuration; the load is the
+    median of the recent frames over the configuration's table time; after a move the frames
+    measured at the old configuration are forgotten."""
+    policy = BudgetPolicy(FRONT, BUDGET, window=4, patience=10, headroom=0.85)
+    assert policy.min_samples == 3
+    assert not policy.observe(300.0) and not policy.observe(300.0)  # 5 x the table's 60 ms, twice: wait
+    assert policy.load() == 5.0
+    assert policy.observe(30.0)  # median 300 ms > 75 and nothing predicted within 75 ms at load 5: the cheapest
+    assert policy.current["latency_ms"] == 20.0 and len(policy.recent) == 0 and policy.frames_with_room == 0
+    for ms in (20.0, 30.0, 40.0, 10.0):
+        policy.observe(ms)
+    assert policy.load() == 25.0 / 20.0  # median of the last 4 (window) frames: (20 + 30) / 2
+    assert not BudgetPolicy(FRONT, BUDGET, window=4, start=FRONT[0]).observe(1000.0)  # the cheapest: nowhere to go
+
+
+def test_budget_policy_start_and_metric():
+    """An explicit start record is where it starts; the metric chooses the start under the budget."""
+    assert BudgetPolicy(FRONT, BUDGET, start=FRONT[1]).current is FRONT[1]
+    by_small = [dict(r, bbox={"AP": r["bbox"]["AP"], "APs": 50.0 - r["bbox"]["AP"]}) for r in FRONT]
+    policy = BudgetPolicy(by_small, BUDGET, metric=("bbox", "APs"))
+    assert policy.current["latency_ms"] == 20.0  # the best APs under 75 ms is the cheapest
+    assert policy.with_front(by_small).current["latency_ms"] == 20.0  # the metric goes along
