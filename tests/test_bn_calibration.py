@@ -189,3 +189,81 @@ def test_a_sweep_loads_the_training_records_once_and_reads_only_what_it_needs(mo
     needed = 2 * 2 * cfg.SOLVER.IMS_PER_BATCH
     assert len(set(read)) <= needed < len(DatasetCatalog.get(cfg.DATASETS.TRAIN[0]))
     assert sorted(model.bn_stats_bank.configurations()) == [(0.5, 0.5), (0.5, 1.0), (1.0, 0.5), (1.0, 1.0)]
+
+
+def test_bank_keys_entries_and_state_dict_by_hand():
+    """Keys name width and scale with 4 decimals; entries are CPU copies detached from the layers;
+    the state dict has one entry per (configuration, BN layer, statistic) under the bank's prefix,
+    and loading replaces whatever the bank held."""
+    from mutualnet_det.bn_calibration import bn_layers, configuration_key
+
+    assert configuration_key(0.25, 0.6) == "w0p2500_s0p6000"
+    assert configuration_key(1, 0.857142857) == "w1p0000_s0p8571"
+    model = ConvBN()
+    norm = model.conv.norm
+    with torch.no_grad():
+        norm.running_mean.fill_(3.0)
+        norm.running_var.fill_(2.0)
+    bank = model.bn_stats_bank
+    bank.store(model, 0.5, 0.6)
+    bank.store(model, 0.25, 1.0)
+    assert bank.configurations() == [(0.25, 1.0), (0.5, 0.6)] and (0.5, 0.6) in bank and (0.5, 1.0) not in bank
+    entry = bank.bank["w0p5000_s0p6000"]
+    assert set(entry) == {"conv.norm.running_mean", "conv.norm.running_var"}
+    norm.running_mean.fill_(7.0)  # the stored copy does not follow the layer
+    assert torch.equal(entry["conv.norm.running_mean"], torch.full((16,), 3.0)) and not entry["conv.norm.running_mean"].requires_grad
+    state = model.state_dict()
+    assert torch.equal(state["bn_stats_bank.w0p5000_s0p6000.conv.norm.running_var"], torch.full((16,), 2.0))
+    assert sorted(k for k in state if k.startswith("bn_stats_bank.")) == [
+        f"bn_stats_bank.{key}.conv.norm.{stat}" for key in ("w0p2500_s1p0000", "w0p5000_s0p6000")
+        for stat in ("running_mean", "running_var")]
+    other = ConvBN()
+    other.bn_stats_bank.store(other, 1.0, 1.0)  # replaced by the load
+    other.load_state_dict(state)
+    assert other.bn_stats_bank.configurations() == [(0.25, 1.0), (0.5, 0.6)]
+    assert other.bn_stats_bank.apply(other, 0.5, 0.6) and torch.equal(other.conv.norm.running_mean, torch.full((16,), 3.0))
+    assert not other.bn_stats_bank.apply(other, 1.0, 1.0)
+    bank.clear()
+    assert bank.configurations() == [] and list(bn_layers(model)) == ["conv.norm"]
+
+
+def test_only_layers_with_running_statistics_are_calibrated():
+    from detectron2.layers import FrozenBatchNorm2d
+
+    from mutualnet_det.bn_calibration import bn_layers
+
+    model = nn.Sequential(nn.BatchNorm2d(4), nn.BatchNorm2d(4, track_running_stats=False), FrozenBatchNorm2d(4),
+                          nn.GroupNorm(2, 4), nn.SyncBatchNorm(4))
+    assert list(bn_layers(model)) == ["0", "4"]
+
+
+class ConvGN(ConvBN):
+    def __init__(self):
+        super().__init__()
+        self.conv.norm = nn.GroupNorm(4, 16)
+
+
+def test_without_bn_nothing_to_calibrate_and_the_width_is_set():
+    model = ConvGN()
+    assert calibrate_bn(model, iter([]), 0.5, 1.0, num_batches=2) is False
+    assert model.conv.width == 0.5 and model.bn_stats_bank.configurations() == []
+    assert use_configuration(model, 0.25, 1.0) == "none-needed" and model.conv.width == 0.25
+
+
+def test_calibration_of_a_model_in_eval_returns_it_in_eval_with_its_momentum_and_reports_what_is_missing():
+    model = ConvBN().eval()
+    model.conv.norm.momentum = 0.3
+    assert calibrate_bn(model, iter(batches()), 0.5, 1.0, num_batches=2)
+    assert not model.training and model.conv.norm.momentum == 0.3 and model.conv.width == 0.5
+    assert int(model.conv.norm.num_batches_tracked) == 2  # reset, then two batches counted
+    with pytest.raises(ValueError, match=r"^No calibrated BN statistics for width 1.0, resolution scale 0.6 in "
+                                         r"this checkpoint \(banked: \[\(0.5, 1.0\)\]\), and no training data was "
+                                         r"given to calibrate them \(DATASETS.TRAIN\)$"):
+        use_configuration(model, 1.0, 0.6)
+    requested = []
+    assert use_configuration(model, 1.0, 0.6, lambda scale: requested.append(scale) or iter(batches()), num_batches=1) == "calibrated"
+    assert requested == [0.6] and (1.0, 0.6) in model.bn_stats_bank and model.conv.width == 1.0
+    bare = ConvBN()
+    del bare.bn_stats_bank
+    with pytest.raises(ValueError, match=r"\(banked: \[\]\)"):
+        use_configuration(bare, 1.0, 1.0)
