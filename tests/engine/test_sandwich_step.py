@@ -283,3 +283,110 @@ def test_a_step_that_fails_half_way_hands_back_the_buffers_from_before_it():
         assert trainer.restore_last_good_state() == 0
         assert all(torch.equal(after_first_step[name], value) for name, value in buffers().items())
         assert (0.5, 1.0) in model.bn_stats_bank
+
+
+class StubDetector(torch.nn.Module):
+    """A slimmable 'detector' whose losses are known by hand: at width w and an input of side s,
+    loss_a = w x weight and loss_b = s / 100 (plus loss_distill = 0.5 for members other than the
+    widest when `distill` is on); it also records the width, the input side and one draw of
+    torch.rand per forward."""
+
+    def __init__(self, nan_at_width=None):
+        super().__init__()
+        from mutualnet_det.modeling.slimmable_ops import SlimmableConv2d
+
+        self.conv = SlimmableConv2d(3, 8, kernel_size=1)
+        self.weight = torch.nn.Parameter(torch.tensor(2.0))
+        self.width_range = (0.25, 1.0)
+        self.device = torch.device("cpu")
+        self.calls, self.nan_at_width = [], nan_at_width
+
+    def forward(self, batched_inputs):
+        width, side = get_width(self), int(batched_inputs[0]["image"].shape[-1])
+        self.calls.append((width, side, float(torch.rand(1))))
+        loss_a = width * self.weight * (float("nan") if width == self.nan_at_width else 1.0)
+        return {"loss_a": loss_a, "loss_b": torch.tensor(side / 100.0)}
+
+
+STUB_BATCH = [{"image": torch.zeros(3, 50, 50, dtype=torch.uint8), "height": 50, "width": 50}]
+
+
+def stub_trainer(model, seed=None, cohort=COHORT, **kwargs):
+    optimizer = RecordingSGD([model.weight], lr=0.0)
+    return SandwichTrainer(model, [STUB_BATCH] * 4, optimizer, cohort_of=lambda iteration: cohort, seed=seed, **kwargs)
+
+
+def test_member_losses_and_totals_are_logged_by_hand_and_the_widest_width_comes_back():
+    model = StubDetector()
+    trainer = stub_trainer(model)
+    with EventStorage(0) as storage:
+        trainer.iter = 0
+        trainer.run_step()
+    # members (1.0, 1.0), (0.6, 0.8), (0.25, 0.6) on 50 px: sides 50, 40, 30
+    assert [(w, s) for w, s, _ in model.calls] == [(1.0, 50), (0.6, 40), (0.25, 30)]
+    latest = storage.latest()
+    totals = [2.0 + 0.5, 1.2 + 0.4, 0.5 + 0.3]
+    for index, total in enumerate(totals):
+        assert abs(latest[f"cohort/member{index}_total_loss"][0] - total) < 1e-6
+    assert abs(latest["cohort/total_loss"][0] - sum(totals)) < 1e-6
+    assert abs(latest["total_loss"][0] - 2.5) < 1e-6 and abs(latest["loss_a"][0] - 2.0) < 1e-6  # the widest's, as Detectron2 logs
+    assert abs(latest["grad_norm"][0] - (1.0 + 0.6 + 0.25)) < 1e-6 and latest["grad_clipped"][0] == 0.0
+    assert get_width(model) == 1.0
+
+
+def test_cohort_metrics_only_every_gather_period_and_a_nan_member_stops_naming_it():
+    import pytest
+
+    model = StubDetector()
+    trainer = stub_trainer(model)
+    trainer.gather_metric_period = 2
+    with EventStorage(0) as storage:
+        trainer.iter = 0
+        trainer.run_step()
+        assert "cohort/total_loss" not in storage.latest() and "grad_norm" in storage.latest()
+        trainer.iter = 1
+        storage.iter = 1
+        trainer.run_step()
+        assert "cohort/total_loss" in storage.latest()
+    nan_model = StubDetector(nan_at_width=0.25)
+    trainer = stub_trainer(nan_model)
+    with EventStorage(0), pytest.raises(FloatingPointError, match=r"^Loss became infinite or NaN at iteration=0: "
+                                                                  r"\[\('w1.000_s1.00', 2.5\), \('w0.600_s0.80', 1.600\d*\), "
+                                                                  r"\('w0.250_s0.60', nan\)\]$"):
+        trainer.iter = 0
+        trainer.run_step()
+
+
+def test_the_steps_draws_are_seeded_by_the_iteration_and_the_seed_is_checkpointed():
+    """With a seed, a step's random draws depend only on (seed, rank, iteration): two trainers
+    draw the same at the same iteration, another iteration or seed draws otherwise; the seed goes
+    into the checkpointed state and a resumed trainer takes it back from there."""
+    def draws(seed, iteration):
+        model = StubDetector()
+        trainer = stub_trainer(model, seed=seed)
+        torch.manual_seed(1000 + iteration)  # whatever the global state was
+        with EventStorage(iteration):
+            trainer.iter = iteration
+            trainer.run_step()
+        return [r for _, _, r in model.calls], trainer
+
+    first, trainer = draws(7, 3)
+    assert draws(7, 3)[0] == first and draws(7, 4)[0] != first and draws(8, 3)[0] != first
+    state = trainer.state_dict()
+    assert state["seed"] == 7 and "seed" not in stub_trainer(StubDetector()).state_dict()
+    resumed = stub_trainer(StubDetector(), seed=123)
+    resumed.load_state_dict(state)
+    assert resumed.seed == 7
+    unseeded = stub_trainer(StubDetector())
+    unseeded.load_state_dict(state)
+    assert unseeded.seed is None
+
+
+def test_a_model_in_eval_mode_is_refused():
+    import pytest
+
+    model = StubDetector()
+    trainer = stub_trainer(model)  # (Detectron2's trainer puts the model in training mode)
+    model.eval()
+    with EventStorage(0), pytest.raises(AssertionError, match=r"\[SandwichTrainer\] model was changed to eval mode!"):
+        trainer.run_step()
