@@ -331,3 +331,39 @@ def test_slimmable_conv_with_dilation_and_an_input_as_wide_as_the_kernel():
     x = torch.randn(1, 8, 9, 9, generator=generator)
     expected = torch.nn.functional.conv2d(x, wide_kernel.weight[:, :8], wide_kernel.bias)
     assert torch.allclose(wide_kernel(x), expected, atol=1e-5)
+
+
+def test_converted_norms_keep_eps_momentum_and_state_and_unknown_norms_are_refused():
+    from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm
+
+    from mutualnet_det.modeling.slimmable_ops import SlimmableFrozenBatchNorm2d, SlimmableGroupNorm, slimmable_norm_like
+
+    cases = [(nn.BatchNorm2d(8, eps=0.01, momentum=0.3), SlimmableBatchNorm2d),
+             (nn.SyncBatchNorm(8, eps=0.01, momentum=0.3), SlimmableSyncBatchNorm),
+             (NaiveSyncBatchNorm(8, eps=0.01, momentum=0.3), SlimmableSyncBatchNorm),
+             (FrozenBatchNorm2d(8, eps=0.01), SlimmableFrozenBatchNorm2d),
+             (nn.GroupNorm(4, 8, eps=0.01), SlimmableGroupNorm)]
+    for norm, kind in cases:
+        if hasattr(norm, "running_mean"):
+            norm.running_mean.fill_(0.5)
+        slim = slimmable_norm_like(norm)
+        assert type(slim) is kind and slim.eps == 0.01
+        assert getattr(slim, "momentum", 0.3) == 0.3
+        assert all(torch.equal(slim.state_dict()[k], v) for k, v in norm.state_dict().items())
+    assert slimmable_norm_like(None) is None
+    with pytest.raises(ValueError, match=r"^norm LayerNorm has no slimmable version; "
+                                         r"use one of BN, SyncBN, naiveSyncBN, nnSyncBN, FrozenBN, GN or '' \(none\)$"):
+        slimmable_norm_like(nn.LayerNorm(8))
+
+
+def test_converted_conv_keeps_dilation_and_refuses_groups():
+    from detectron2.layers import Conv2d
+
+    from mutualnet_det.modeling.slimmable_ops import slimmable_conv_like
+    from mutualnet_det.width import ChannelRule
+
+    conv = Conv2d(8, 16, kernel_size=3, padding=2, dilation=2)
+    x = torch.randn(1, 8, 7, 7, generator=torch.Generator().manual_seed(19))
+    assert torch.allclose(slimmable_conv_like(conv, ChannelRule(16))(x), conv(x), atol=1e-6)
+    with pytest.raises(NotImplementedError, match="grouped"):
+        slimmable_conv_like(Conv2d(8, 16, kernel_size=3, groups=2), ChannelRule(16))
