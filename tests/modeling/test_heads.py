@@ -316,3 +316,37 @@ def test_an_rpn_head_with_several_convs_becomes_slimmable_in_each():
         assert head.conv(features["p2"]).shape[1] == 32  # 64 * 0.5
         logits, deltas = head([features["p2"]])
     assert logits[0].shape[1] == 3 and deltas[0].shape[1] == 12
+
+
+def test_converted_heads_keep_detectron2s_layer_lists_in_step():
+    """Detectron2's heads also list their layers in plain lists (conv_norm_relus, fcs): after the
+    conversion the lists hold the slimmable layers, the same objects as the attributes."""
+    model = build_model(mask_rcnn_cfg(18, **HEAD_SETTINGS[18]))
+    box_head, mask_head = model.roi_heads.box_head, model.roi_heads.mask_head
+    assert box_head.conv_norm_relus == [box_head.conv1] and isinstance(box_head.conv1, SlimmableConv2d)
+    assert box_head.fcs == [box_head.fc1, box_head.fc2] and all(isinstance(fc, SlimmableLinear) for fc in box_head.fcs)
+    assert mask_head.conv_norm_relus == [mask_head.mask_fcn1, mask_head.mask_fcn2]
+    assert all(isinstance(conv, SlimmableConv2d) for conv in mask_head.conv_norm_relus)
+
+
+def test_fpn_outputs_with_retinanet_p6_p7_follow_the_width():
+    """A RetinaNet-style FPN (P6, P7 from res5): its output convs and P6/P7 get the plain
+    width-following rule (divisor 8 by default), so every level has 64 x 0.5 = 32 channels."""
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone.fpn import build_retinanet_resnet_fpn_backbone
+
+    from mutualnet_det.modeling.backbone import make_fpn_slimmable
+    from mutualnet_det.modeling.heads import make_fpn_outputs_slimmable
+    from mutualnet_det.width import ChannelRule
+
+    cfg = mask_rcnn_cfg(18, slimmable=False)
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
+    fpn = make_fpn_slimmable(build_retinanet_resnet_fpn_backbone(cfg, ShapeSpec(channels=3)), width_range=(0.25, 1.0))
+    make_fpn_outputs_slimmable(fpn)
+    levels = list(fpn.output_convs) + [fpn.top_block.p6, fpn.top_block.p7]
+    assert len(levels) == 5 and all(conv.out_rule == ChannelRule(64, 8) for conv in levels)
+    set_width(fpn, 0.5)
+    with torch.no_grad():
+        features = fpn(torch.randn(1, 3, 128, 128))
+    assert sorted(features) == ["p3", "p4", "p5", "p6", "p7"] and all(f.shape[1] == 32 for f in features.values())
