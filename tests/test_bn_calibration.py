@@ -267,3 +267,33 @@ def test_calibration_of_a_model_in_eval_returns_it_in_eval_with_its_momentum_and
     del bare.bn_stats_bank
     with pytest.raises(ValueError, match=r"\(banked: \[\]\)"):
         use_configuration(bare, 1.0, 1.0)
+
+
+def test_plain_bn_statistics_are_averaged_over_processes_and_sync_bn_left_alone(monkeypatch):
+    """With two processes each plain-BN statistic becomes the mean of the ranks' (the all-reduce
+    here adds a second rank holding 1.0 everywhere); SyncBN statistics are global already."""
+    import mutualnet_det.bn_calibration as calibration
+    from mutualnet_det.modeling.slimmable_ops import SlimmableSyncBatchNorm
+
+    layers = {"plain": nn.BatchNorm2d(4), "sync": SlimmableSyncBatchNorm(4), "torch_sync": nn.SyncBatchNorm(4)}
+    for layer in layers.values():
+        layer.running_mean.fill_(3.0)
+        layer.running_var.fill_(5.0)
+    reduced = []
+
+    def all_reduce(tensor):
+        reduced.append(tensor)
+        tensor.add_(1.0)
+
+    monkeypatch.setattr(calibration.comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    calibration._average_over_processes(layers)
+    assert torch.equal(layers["plain"].running_mean, torch.full((4,), 2.0))  # (3 + 1) / 2
+    assert torch.equal(layers["plain"].running_var, torch.full((4,), 3.0))  # (5 + 1) / 2
+    for name in ("sync", "torch_sync"):
+        assert torch.equal(layers[name].running_mean, torch.full((4,), 3.0))
+        assert torch.equal(layers[name].running_var, torch.full((4,), 5.0))
+    assert len(reduced) == 2
+    monkeypatch.setattr(calibration.comm, "get_world_size", lambda: 1)
+    calibration._average_over_processes(layers)  # one process: nothing to average
+    assert len(reduced) == 2 and torch.equal(layers["plain"].running_mean, torch.full((4,), 2.0))
