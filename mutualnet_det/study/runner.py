@@ -257,7 +257,7 @@ def run_study(root: str, runs: List[StudyRun], jobs: int = 1, commit: bool = Fal
         try:
             while pending:
                 done, pending = wait(pending, timeout=60, return_when=FIRST_COMPLETED)
-                for future in done:
+                for future in sorted(done, key=lambda f: todo.index(futures[f])):  # plan order when several end together
                     run = futures[future]
                     try:
                         finished(run, future.result())
