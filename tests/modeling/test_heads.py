@@ -350,3 +350,35 @@ def test_fpn_outputs_with_retinanet_p6_p7_follow_the_width():
     with torch.no_grad():
         features = fpn(torch.randn(1, 3, 128, 128))
     assert sorted(features) == ["p3", "p4", "p5", "p6", "p7"] and all(f.shape[1] == 32 for f in features.values())
+
+
+def test_each_converter_rounds_with_divisor_8_by_default_and_predictors_keep_full_rules():
+    """Called alone (without the config's divisor) each converter uses the project's default
+    divisor 8; predictors get fixed rules of their full size."""
+    from mutualnet_det.modeling.heads import (make_box_head_slimmable, make_fpn_outputs_slimmable,
+                                              make_heads_slimmable, make_mask_head_slimmable, make_rpn_head_slimmable)
+    from mutualnet_det.width import ChannelRule
+
+    def convert_separately(model):
+        make_fpn_outputs_slimmable(model.backbone)
+        make_rpn_head_slimmable(model.proposal_generator.rpn_head)
+        make_box_head_slimmable(model.roi_heads.box_head, model.roi_heads.box_predictor)
+        make_mask_head_slimmable(model.roi_heads.mask_head)
+
+    def convert_together(model):
+        make_heads_slimmable(model.backbone, model.proposal_generator, model.roi_heads)
+
+    for convert in (convert_separately, convert_together):
+        cfg = mask_rcnn_cfg(18, **HEAD_SETTINGS[18])
+        cfg.MUTUALNET.SLIMMABLE_HEADS = False  # stock heads over the slimmable backbone, converted here
+        model = build_model(cfg)
+        convert(model)
+        rpn, box, predictor, mask = (model.proposal_generator.rpn_head, model.roi_heads.box_head,
+                                     model.roi_heads.box_predictor, model.roi_heads.mask_head)
+        assert rpn.conv.out_rule == ChannelRule(64, 8) and box.conv1.out_rule == ChannelRule(32, 8)
+        assert box.fc1.out_rule == ChannelRule(128, 8) and mask.mask_fcn1.out_rule == ChannelRule(32, 8)
+        assert mask.deconv.out_rule == ChannelRule(32, 8) and model.backbone.fpn_output2.out_rule == ChannelRule(64, 8)
+        assert predictor.cls_score.out_rule == ChannelRule(4, fixed=True)
+        assert predictor.bbox_pred.out_rule == ChannelRule(12, fixed=True)
+        assert rpn.objectness_logits.out_rule == ChannelRule(3, fixed=True)
+        assert mask.predictor.out_rule == ChannelRule(3, fixed=True)
