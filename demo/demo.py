@@ -64,6 +64,7 @@ def run_adaptive(args, items):
     table_path = args.latency_table or default_latency_table_path(cfg)
     predictor = AdaptivePredictor(cfg, slimmable.model, load_latency_table(table_path), args.latency_budget)
     metadata = MetadataCatalog.get(args.dataset or cfg.DATASETS.TEST[0])
+    os.makedirs(args.output, exist_ok=True)  # only once every argument has been accepted
     log_path, failures = render_adaptive_files(predictor, [path for path, _ in items], metadata, args.latency_budget,
                                                args.confidence_threshold, args.output)
     frames = predictor.frames
@@ -89,16 +90,16 @@ def main(args):
     if not items:
         raise ValueError(f"nothing to render: {' '.join(args.input or [])} holds no image "
                          f"({', '.join(IMAGE_EXTENSIONS)}) and --dataset gives none")
-    os.makedirs(args.output, exist_ok=True)
     if args.latency_budget is not None:
         return run_adaptive(args, items)
+    if not 0 < args.resolution_scale <= 1:
+        raise ValueError(f"--resolution-scale {args.resolution_scale} must be in (0, 1]")
     predictors = [load_slimmable_predictor(args.config_file, args.opts)]
     if args.compare_config:
         predictors.append(load_slimmable_predictor(args.compare_config, [], args.compare_weights))
     width_range = predictors[0].model.backbone.width_range
     widths = [validate_width(w, width_range) for w in (args.widths or [args.width or width_range[1]])]
-    if not 0 < args.resolution_scale <= 1:
-        raise ValueError(f"--resolution-scale {args.resolution_scale} must be in (0, 1]")
+    os.makedirs(args.output, exist_ok=True)  # only once every argument has been accepted
     metadata = MetadataCatalog.get(args.dataset or predictors[0].cfg.DATASETS.TEST[0])
     failures = render_comparison_files(items, predictors, widths, args.resolution_scale, metadata,
                                        args.confidence_threshold, args.output)
@@ -111,5 +112,5 @@ if __name__ == "__main__":
     arguments = get_parser().parse_args()
     try:
         sys.exit(main(arguments))
-    except (ValueError, KeyError, CheckpointError) as err:
+    except (ValueError, KeyError, CheckpointError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")

@@ -19,6 +19,11 @@ class CheckpointError(ValueError):
     pass
 
 
+def _first_line(error: BaseException) -> str:
+    """An exception's first line (torch's unpickling errors run to paragraphs of advice)."""
+    return (str(error).strip().splitlines() or [""])[0].rstrip(".")
+
+
 def _head(keys, limit=5):
     return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
@@ -92,6 +97,14 @@ class StrictCheckpointer(RecipeChecking, DetectionCheckpointer):
         return super().load(path, *args, **kwargs)
 
 
+def check_weights_file(path: str) -> None:
+    """MODEL.WEIGHTS for evaluation must name an existing file (checked before any work)."""
+    if not path:
+        raise CheckpointError("MODEL.WEIGHTS is empty: give the checkpoint to use (e.g. output/.../model_final.pth)")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"weights file {path!r} does not exist (MODEL.WEIGHTS); train first or fix the path")
+
+
 def load_weights(model: torch.nn.Module, path: str, cfg=None) -> None:
     """Load a trained MutualNet-Det checkpoint (weights and BN stats bank) into `model`.
 
@@ -99,10 +112,7 @@ def load_weights(model: torch.nn.Module, path: str, cfg=None) -> None:
     (missing, unexpected or differently shaped parameters, e.g. another depth or head), or (with
     `cfg`) was trained with another width range, channel divisor or slimmable parts.
     """
-    if not path:
-        raise CheckpointError("MODEL.WEIGHTS is empty: give the checkpoint to use (e.g. output/.../model_final.pth)")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"weights file {path!r} does not exist (MODEL.WEIGHTS); train first or fix the path")
+    check_weights_file(path)
     checkpointer = StrictCheckpointer(model)
     checkpointer.recipe = training_recipe(cfg) if cfg is not None else None
     try:
@@ -110,7 +120,7 @@ def load_weights(model: torch.nn.Module, path: str, cfg=None) -> None:
     except CheckpointError:
         raise
     except Exception as err:  # torch.load / pickle errors on truncated or foreign files
-        raise CheckpointError(f"cannot read weights file {path!r} ({type(err).__name__}: {err}); "
+        raise CheckpointError(f"cannot read weights file {path!r} ({type(err).__name__}: {_first_line(err)}); "
                               "is it truncated or not a PyTorch/Detectron2 checkpoint?") from None
 
 
@@ -204,7 +214,7 @@ class TrainingCheckpointer(RecipeChecking, DetectionCheckpointer):
             try:
                 checkpoint = super()._torch_load(candidate)
             except Exception as err:  # truncated zip, pickle errors: nothing is loaded yet
-                problems.append(f"{candidate} (unreadable: {type(err).__name__}: {str(err)[:120]})")
+                problems.append(f"{candidate} (unreadable: {type(err).__name__}: {_first_line(err)})")
                 continue
             if problems:
                 logger.warning(f"Resuming from {candidate}: skipped {'; '.join(problems)}")

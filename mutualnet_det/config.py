@@ -208,7 +208,13 @@ def load_config(config_file, opts=()):
         cfg.merge_from_file(config_file)
     except KeyError as error:
         raise _unknown_key_error(cfg, error, config_file) from None
+    except OSError as error:  # a _BASE_ that does not exist (the file itself was checked above)
+        raise FileNotFoundError(f"config file {config_file!r} names a _BASE_ that cannot be read "
+                                f"({error.strerror}: {error.filename})") from None
     opts = list(opts or [])
+    flags = [opt for opt in opts if isinstance(opt, str) and opt.startswith("--")]
+    if flags:
+        raise ValueError(f"{flags[0]} comes after the KEY VALUE overrides: put options before them")
     if len(opts) % 2:
         raise ValueError(f"config overrides come in KEY VALUE pairs; {opts[-1]!r} has no value")
     try:

@@ -63,8 +63,14 @@ def test_eval_only_keeps_the_trainings_config_and_log(tmp_path, monkeypatch):
     output = tmp_path / "run"
     output.mkdir()
     (output / "config.yaml").write_text("the training's config\n")
+    missing = train_net.default_argument_parser().parse_args(
+        ["--config-file", SHAPES, "--eval-only", "OUTPUT_DIR", str(output), "MODEL.WEIGHTS", str(output / "nope.pth")])
+    with pytest.raises(ValueError, match="does not exist"):  # refused before anything is written
+        train_net.setup(missing)
+    assert not (output / "inference").exists()
+    (output / "model_final.pth").write_bytes(b"checked when loaded, after the set-up")
     args = train_net.default_argument_parser().parse_args(
-        ["--config-file", SHAPES, "--eval-only", "OUTPUT_DIR", str(output)])
+        ["--config-file", SHAPES, "--eval-only", "OUTPUT_DIR", str(output), "MODEL.WEIGHTS", str(output / "model_final.pth")])
     cfg = train_net.setup(args)
     assert cfg.OUTPUT_DIR == str(output)
     assert (output / "config.yaml").read_text() == "the training's config\n"
@@ -91,3 +97,23 @@ def test_the_device_follows_the_machine(monkeypatch, caplog, cuda_available, exp
     if not cuda_available:
         with pytest.raises(ValueError, match=r"MODEL.DEVICE='cuda:1' but this machine has no CUDA device"):
             load_config(SHAPES, ["MODEL.DEVICE", "cuda:1"])
+
+
+def test_a_missing_base_and_a_flag_after_the_overrides_are_named(tmp_path):
+    leaf = tmp_path / "leaf.yaml"
+    leaf.write_text('_BASE_: "no_such_base.yaml"\n')
+    with pytest.raises(FileNotFoundError, match=rf"config file '{leaf}' names a _BASE_ that cannot be read "
+                                                r"\(No such file or directory: .*no_such_base.yaml\)"):
+        load_config(str(leaf))
+    with pytest.raises(ValueError, match=r"--resume comes after the KEY VALUE overrides: put options before them"):
+        load_config(SHAPES, ["OUTPUT_DIR", "out/x", "--resume"])
+
+
+def test_an_output_dir_that_cannot_be_created_is_named(tmp_path):
+    from mutualnet_det.engine.output_lock import training_lock
+
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match=rf"OUTPUT_DIR '{tmp_path}/a_file/run' cannot be created or written "
+                                         r"\(Not a directory\)"):
+        with training_lock(str(tmp_path / "a_file" / "run")):
+            pass

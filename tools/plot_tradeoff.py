@@ -6,8 +6,8 @@
 import argparse
 import sys
 
-from mutualnet_det.evaluation.plots import plot_tradeoff
-from mutualnet_det.evaluation.query_table import load_sweep
+from mutualnet_det.evaluation.plots import check_image_format, plot_tradeoff
+from mutualnet_det.evaluation.query_table import load_sweep, parse_metric
 
 
 def main():
@@ -21,7 +21,10 @@ def main():
     if len(labels) != len(args.sweeps):
         sys.exit(f"error: {len(args.sweeps)} sweeps but {len(labels)} labels; give one label per sweep")
     try:
+        check_image_format(args.output)
         sweeps = {label: load_sweep(path) for label, path in zip(labels, args.sweeps)}
+        for path, records in zip(args.sweeps, sweeps.values()):
+            parse_metric("bbox.AP", records, path)  # a sweep with no finite AP would draw nothing
     except ValueError as err:
         sys.exit(f"error: {err}")
     print(f"written to {plot_tradeoff(sweeps, args.output, args.title)}")

@@ -23,14 +23,14 @@ def main():
         records = load_sweep(args.sweep)
         metric = parse_metric(args.metric, records, args.sweep)
         front = pareto_front(records, metric)
+        choice = best_config(front, args.budget, metric) if args.budget is not None else None  # before writing
         print(format_table(front, metric))
         output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.sweep)), "query_table.json")
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         with open(output, "w") as f:
             json.dump(front, f, indent=1)
         print(f"written to {output}")
-        if args.budget is not None:
-            choice = best_config(front, args.budget, metric)
+        if choice is not None:
             print(f"best under {args.budget} GFLOPs: width {choice['width']}, resolution scale "
                   f"{choice['resolution_scale']} ({choice['gflops']:.3f} GFLOPs, {args.metric} {choice[metric[0]][metric[1]]:.2f})")
     except ValueError as err:

@@ -25,7 +25,7 @@ import mutualnet_det  # registers backbones, meta-architecture, datasets  # noqa
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from mutualnet_det.checkpoint import CheckpointError, check_initial_weights, load_weights
+from mutualnet_det.checkpoint import CheckpointError, check_initial_weights, check_weights_file, load_weights
 from mutualnet_det.config import load_config
 from mutualnet_det.engine.output_lock import training_lock
 from mutualnet_det.engine.trainer import MutualNetTrainer
@@ -36,6 +36,8 @@ def build_config(args):
     cfg = load_config(args.config_file, args.opts)
     if not args.eval_only:
         check_initial_weights(cfg, args.resume)  # before any work, with how to make the file
+    else:
+        check_weights_file(cfg.MODEL.WEIGHTS)  # missing or empty: before anything is written
     cfg.freeze()
     return cfg
 
@@ -81,8 +83,9 @@ def run(args):
 
 
 def failure_message(err: BaseException) -> str:
-    """One line for the terminal: what failed, and the trainer's note (iteration, checkpoint,
-    how to resume). The traceback is in OUTPUT_DIR/log.txt (Detectron2 logs it there)."""
+    """The last line for the terminal: what failed, and the trainer's note (iteration,
+    checkpoint, how to resume). Detectron2 has logged the traceback above it and in
+    OUTPUT_DIR/log.txt."""
     lines = str(err).strip().splitlines() or [""]
     cause = lines[-1] if "Traceback" in str(err) else lines[0]  # a DataLoader worker's error: its last line
     notes = "; ".join(getattr(err, "__notes__", []))
@@ -93,7 +96,7 @@ if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     try:
         run(args)
-    except (ValueError, KeyError, CheckpointError, FileNotFoundError) as err:
+    except (ValueError, KeyError, CheckpointError, OSError) as err:  # OSError: e.g. data that cannot be written
         if getattr(err, "__notes__", None):  # raised inside training (e.g. a NaN loss): say where
             sys.exit(failure_message(err))
         sys.exit(f"error: {err}")

@@ -18,9 +18,13 @@ def training_lock(output_dir: str):
     """Hold an exclusive lock on `output_dir` for the block, or raise OutputDirBusy naming the
     process that holds it. The lock is the kernel's (flock): a killed run releases it with its
     last file descriptor, so it is never left stuck; the file only says who holds it."""
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, LOCK_NAME)
-    lock_file = open(path, "a+")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, LOCK_NAME)
+        lock_file = open(path, "a+")
+    except OSError as err:
+        raise ValueError(f"OUTPUT_DIR {output_dir!r} cannot be created or written ({err.strerror}): "
+                         "give a folder this process can write") from None
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

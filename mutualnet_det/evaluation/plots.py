@@ -110,6 +110,16 @@ def draw_tradeoff(sweeps: Dict[str, List[Dict]], title: str = "",
     return figure
 
 
+def check_image_format(output_path: str) -> None:
+    """Raise ValueError unless matplotlib can write `output_path`'s extension (before any work)."""
+    extension = os.path.splitext(output_path)[1].lstrip(".").lower()
+    supported = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if extension not in supported:
+        raise ValueError(f"cannot write a plot as {output_path!r}: the extension must be one of "
+                         f"{', '.join('.' + e for e in sorted(supported))}")
+
+
 def plot_tradeoff(sweeps: Dict[str, List[Dict]], output_path: str, title: str = "",
                   labelled: Optional[Sequence[str]] = None) -> str:
     """`draw_tradeoff` saved as a PNG at `output_path`; returns the path."""

@@ -62,3 +62,23 @@ def load_tool_from_demo():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_plot_refuses_an_unwritable_format_and_a_sweep_without_finite_ap(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit) as exit_info:
+        run_tool("plot_tradeoff", [MAIN_JOB_SWEEP, "-o", str(tmp_path / "p" / "x.txt")], monkeypatch)
+    assert str(exit_info.value.code).startswith(f"error: cannot write a plot as '{tmp_path}/p/x.txt': the extension must be one of ")
+    path = nan_sweep(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        run_tool("plot_tradeoff", [MAIN_JOB_SWEEP, path, "-o", str(tmp_path / "p" / "x.png")], monkeypatch)
+    assert exit_info.value.code == (f"error: {path} has no finite bbox.AP in any configuration (NaN everywhere): "
+                                    "was it evaluated on an empty or unannotated dataset?")
+    assert not (tmp_path / "p").exists()
+
+
+def test_query_table_checks_the_budget_before_writing(tmp_path, monkeypatch):
+    output = tmp_path / "table.json"
+    with pytest.raises(SystemExit) as exit_info:
+        run_tool("query_table", [MAIN_JOB_SWEEP, "--budget", "0.001", "-o", str(output)], monkeypatch)
+    assert str(exit_info.value.code).startswith("error: budget 0.001 GFLOPs is below the cheapest configuration")
+    assert not output.exists()
