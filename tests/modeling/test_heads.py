@@ -302,14 +302,17 @@ def test_head_channels_at_a_width_by_hand():
 def test_an_rpn_head_with_several_convs_becomes_slimmable_in_each():
     """RPN.CONV_DIMS with two entries: Detectron2 builds a Sequential of convs; each follows the
     width (64 and -1 = the input's channels), the predictors stay full."""
+    from mutualnet_det.width import ChannelRule
+
     cfg = mask_rcnn_cfg(18)
     cfg.MODEL.RPN.CONV_DIMS = [64, -1]
+    cfg.MUTUALNET.CHANNEL_DIVISOR = 1  # the config's divisor reaches each of them
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     head = model.proposal_generator.rpn_head
     assert isinstance(head.conv, torch.nn.Sequential)
     convs = list(head.conv.children())
-    assert len(convs) == 2 and all(isinstance(c, SlimmableConv2d) for c in convs)
+    assert len(convs) == 2 and all(isinstance(c, SlimmableConv2d) and c.out_rule == ChannelRule(64, 1) for c in convs)
     set_width(model, 0.5)
     with torch.no_grad():
         features = model.backbone(model.preprocess_image(image_inputs()).tensor)
@@ -331,7 +334,8 @@ def test_converted_heads_keep_detectron2s_layer_lists_in_step():
 
 def test_fpn_outputs_with_retinanet_p6_p7_follow_the_width():
     """A RetinaNet-style FPN (P6, P7 from res5): its output convs and P6/P7 get the plain
-    width-following rule (divisor 8 by default), so every level has 64 x 0.5 = 32 channels."""
+    width-following rule with the divisor given (here 1, the backbone's being 8), so every level
+    has 64 x 0.5 = 32 channels."""
     from detectron2.layers import ShapeSpec
     from detectron2.modeling.backbone.fpn import build_retinanet_resnet_fpn_backbone
 
@@ -343,9 +347,9 @@ def test_fpn_outputs_with_retinanet_p6_p7_follow_the_width():
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
     cfg.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
     fpn = make_fpn_slimmable(build_retinanet_resnet_fpn_backbone(cfg, ShapeSpec(channels=3)), width_range=(0.25, 1.0))
-    make_fpn_outputs_slimmable(fpn)
+    make_fpn_outputs_slimmable(fpn, divisor=1)
     levels = list(fpn.output_convs) + [fpn.top_block.p6, fpn.top_block.p7]
-    assert len(levels) == 5 and all(conv.out_rule == ChannelRule(64, 8) for conv in levels)
+    assert len(levels) == 5 and all(conv.out_rule == ChannelRule(64, 1) for conv in levels)
     set_width(fpn, 0.5)
     with torch.no_grad():
         features = fpn(torch.randn(1, 3, 128, 128))
