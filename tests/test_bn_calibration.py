@@ -275,7 +275,7 @@ def test_plain_bn_statistics_are_averaged_over_processes_and_sync_bn_left_alone(
     import mutualnet_det.bn_calibration as calibration
     from mutualnet_det.modeling.slimmable_ops import SlimmableSyncBatchNorm
 
-    layers = {"plain": nn.BatchNorm2d(4), "sync": SlimmableSyncBatchNorm(4), "torch_sync": nn.SyncBatchNorm(4)}
+    layers = {"sync": SlimmableSyncBatchNorm(4), "plain": nn.BatchNorm2d(4), "torch_sync": nn.SyncBatchNorm(4)}
     for layer in layers.values():
         layer.running_mean.fill_(3.0)
         layer.running_var.fill_(5.0)
@@ -297,3 +297,84 @@ def test_plain_bn_statistics_are_averaged_over_processes_and_sync_bn_left_alone(
     monkeypatch.setattr(calibration.comm, "get_world_size", lambda: 1)
     calibration._average_over_processes(layers)  # one process: nothing to average
     assert len(reduced) == 2 and torch.equal(layers["plain"].running_mean, torch.full((4,), 2.0))
+
+
+def test_calibration_with_two_processes_banks_the_mean_over_ranks(monkeypatch):
+    import mutualnet_det.bn_calibration as calibration
+
+    model = ConvBN()
+    data = batches()
+    monkeypatch.setattr(calibration.comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda tensor: tensor.add_(1.0))  # the other rank: 1.0
+    assert calibrate_bn(model, iter(data), 1.0, 1.0, num_batches=3)
+    mean, var = direct_stats(model, data, 1.0)
+    entry = model.bn_stats_bank.bank["w1p0000_s1p0000"]
+    assert torch.allclose(entry["conv.norm.running_mean"], (mean + 1) / 2, atol=1e-4)
+    assert torch.allclose(entry["conv.norm.running_var"], (var + 1) / 2, rtol=1e-4)
+
+
+def test_use_configuration_defaults_scale_one_and_ten_batches_and_logs_the_calibration(caplog):
+    import logging
+
+    model = ConvBN()
+    model.bn_stats_bank.store(model, 0.5, 1.0)
+    assert use_configuration(model, 0.5) == "bank"  # resolution scale 1.0 by default
+    taken = []
+
+    def counted(scale):
+        for batch in itertools.cycle(batches()):
+            taken.append(scale)
+            yield batch
+
+    import itertools
+
+    with caplog.at_level(logging.INFO, logger="mutualnet_det.bn_calibration"):
+        assert use_configuration(model, 0.25, 0.6, counted) == "calibrated"
+    assert len(taken) == 10  # ten calibration batches by default
+    assert "BN stats bank has no entry for width 0.25, scale 0.6: calibrating on 10 training batches" in caplog.text
+
+
+def test_calibration_records_are_a_fixed_draw_without_repeats_of_the_filtered_training_set(monkeypatch):
+    """len(TEST.WIDTHS) x NUM_BATCHES x images per process distinct records, the same for the same
+    SEED and another for another SEED (SEED < 0 counts as 0); at least one image per batch; the
+    config's FILTER_EMPTY_ANNOTATIONS reaches the loading."""
+    import mutualnet_det.bn_calibration as calibration
+    from mutualnet_det.bn_calibration import calibration_records
+
+    cfg = tiny_cfg(**{"MUTUALNET.TEST.WIDTHS": (1.0, 0.5), "MUTUALNET.BN_CALIB.NUM_BATCHES": 50, "SEED": 0})
+    total = len(DatasetCatalog.get(cfg.DATASETS.TRAIN[0]))
+    records = calibration_records(cfg)
+    names = [r["file_name"] for r in records]
+    assert len(names) == len(set(names)) == 2 * 50 * 2 < total
+    assert [r["file_name"] for r in calibration_records(cfg)] == names
+    assert [r["file_name"] for r in calibration_records(tiny_cfg(**{"MUTUALNET.TEST.WIDTHS": (1.0, 0.5),
+                                                                    "MUTUALNET.BN_CALIB.NUM_BATCHES": 50, "SEED": -1}))] == names
+    other_seed = tiny_cfg(**{"MUTUALNET.TEST.WIDTHS": (1.0, 0.5), "MUTUALNET.BN_CALIB.NUM_BATCHES": 50, "SEED": 1})
+    assert [r["file_name"] for r in calibration_records(other_seed)] != names
+    one_image = tiny_cfg(**{"MUTUALNET.TEST.WIDTHS": (1.0,), "MUTUALNET.BN_CALIB.NUM_BATCHES": 3, "SOLVER.IMS_PER_BATCH": 1})
+    assert len(calibration_records(one_image)) == 3
+    asked = []
+    real_load = calibration.get_detection_dataset_dicts
+    monkeypatch.setattr(calibration, "get_detection_dataset_dicts",
+                        lambda names, **kwargs: asked.append(kwargs) or real_load(names, **kwargs))
+    calibration_records(tiny_cfg(**{"DATALOADER.FILTER_EMPTY_ANNOTATIONS": False}))
+    assert asked == [{"filter_empty": False}]
+
+
+def test_calibration_images_follow_both_test_sizes_and_only_the_drawn_records(monkeypatch):
+    """MIN_SIZE_TEST 96 with MAX_SIZE_TEST 80 on square images: the long side limit wins (80 x 80,
+    and 48 x 48 at scale 0.6, as evaluated); a loader built without records reads only the drawn ones."""
+    from detectron2.data import DatasetMapper
+
+    from mutualnet_det.bn_calibration import build_calibration_loader, calibration_records
+
+    cfg = tiny_cfg(**{"INPUT.MIN_SIZE_TEST": 96, "INPUT.MAX_SIZE_TEST": 80})
+    drawn = {r["file_name"] for r in calibration_records(cfg)}
+    read = []
+    real_map = DatasetMapper.__call__
+    monkeypatch.setattr(DatasetMapper, "__call__", lambda self, record: read.append(record["file_name"]) or real_map(self, record))
+    for scale, side in ((1.0, 80), (0.6, 48)):
+        loader = iter(build_calibration_loader(cfg, scale))
+        for _ in range(3):
+            assert {tuple(item["image"].shape[-2:]) for item in next(loader)} == {(side, side)}
+    assert set(read) <= drawn
