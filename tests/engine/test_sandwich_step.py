@@ -390,3 +390,28 @@ def test_a_model_in_eval_mode_is_refused():
     model.eval()
     with EventStorage(0), pytest.raises(AssertionError, match=r"\[SandwichTrainer\] model was changed to eval mode!"):
         trainer.run_step()
+
+
+def test_a_resumed_trainer_hands_the_checkpointed_seed_to_its_batch_sampler():
+    """The batch order is drawn from the seed too: loading a state with another seed sets it on a
+    resumable batch sampler (one with start_iter); a loader without one is left alone."""
+    from types import SimpleNamespace
+
+    class Loader:
+        def __init__(self, sampler):
+            self.batch_sampler = sampler
+
+        def __iter__(self):
+            return iter([STUB_BATCH] * 4)
+
+    state = stub_trainer(StubDetector(), seed=7).state_dict()
+    resumable = SimpleNamespace(start_iter=0, seed=123)
+    trainer = SandwichTrainer(StubDetector(), Loader(resumable), RecordingSGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0),
+                              cohort_of=lambda iteration: COHORT, seed=123)
+    trainer.load_state_dict(state)
+    assert trainer.seed == 7 and resumable.seed == 7
+    plain = SimpleNamespace(seed=123)  # no start_iter: not ours to reseed
+    trainer = SandwichTrainer(StubDetector(), Loader(plain), RecordingSGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0),
+                              cohort_of=lambda iteration: COHORT, seed=123)
+    trainer.load_state_dict(state)
+    assert trainer.seed == 7 and plain.seed == 123
