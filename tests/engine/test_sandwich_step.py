@@ -339,15 +339,14 @@ def test_cohort_metrics_only_every_gather_period_and_a_nan_member_stops_naming_i
 
     model = StubDetector()
     trainer = stub_trainer(model)
-    trainer.gather_metric_period = 2
+    trainer.gather_metric_period = 3
     with EventStorage(0) as storage:
-        trainer.iter = 0
-        trainer.run_step()
-        assert "cohort/total_loss" not in storage.latest() and "grad_norm" in storage.latest()
-        trainer.iter = 1
-        storage.iter = 1
-        trainer.run_step()
-        assert "cohort/total_loss" in storage.latest()
+        for iteration in range(3):  # iterations 0 and 1: grad_norm only; 2 (the third): the cohort too
+            trainer.iter = storage.iter = iteration
+            trainer.run_step()
+            assert ("cohort/total_loss" in storage.latest()) == (iteration == 2) and "grad_norm" in storage.latest()
+        hints = storage.smoothing_hints()
+        assert hints["cohort/member1_width"] is False and hints["cohort/member1_resolution_scale"] is False
     nan_model = StubDetector(nan_at_width=0.25)
     trainer = stub_trainer(nan_model)
     with EventStorage(0), pytest.raises(FloatingPointError, match=r"^Loss became infinite or NaN at iteration=0: "
@@ -415,3 +414,17 @@ def test_a_resumed_trainer_hands_the_checkpointed_seed_to_its_batch_sampler():
                               cohort_of=lambda iteration: COHORT, seed=123)
     trainer.load_state_dict(state)
     assert trainer.seed == 7 and plain.seed == 123
+
+
+def test_clipping_is_logged_only_above_the_per_member_norm_times_the_cohort_size():
+    """Stub gradients by hand: d(loss)/d(weight) is the sum of the members' widths. Cohort 1.0,
+    0.5: norm 1.5, exactly 0.75 x 2 (not above: not clipped); cohort 1.0, 0.6, 0.25: norm 1.85,
+    below 1.0 x 3 (not clipped) though above 1.0 / 3."""
+    from mutualnet_det.engine.cohort import CohortMember
+
+    for cohort, per_member, norm in (([CohortMember(1.0), CohortMember(0.5)], 0.75, 1.5), (COHORT, 1.0, 1.85)):
+        trainer = stub_trainer(StubDetector(), cohort=cohort, clip_grad_norm_per_member=per_member)
+        with EventStorage(0) as storage:
+            trainer.iter = 0
+            trainer.run_step()
+        assert abs(storage.latest()["grad_norm"][0] - norm) < 1e-6 and storage.latest()["grad_clipped"][0] == 0.0
