@@ -302,6 +302,10 @@ def format_report(report) -> str:
              f"{report['machine']['python']}, torch {report['machine']['torch']}, mutmut {report['machine']['mutmut']}; "
              f"one mutmut worker, OMP_NUM_THREADS=1. Wall time {report['wall_s'] / 60:.1f} min "
              "(the sum of the modules' runs).", "",
+             *(["How: each module was run whole (`bash tools/mutation_check.sh MODULE --work-dir DIR`); where tests "
+                "were added after that run, its survivors were run again on the newer tree with `--resume DIR` "
+                "(the tree column names both trees); killed mutants stay killed when tests are only added.", ""]
+               if any("re-run" in m["commit"] for m in report["modules"]) else []),
              "Each module is mutated alone and each mutant runs the tests, among the module's own test files below, "
              "that call the mutated function (mutmut's per-function test selection). Score = (killed + timed out) / "
              "(mutants - excluded as equivalent); a mutant no selected test reaches counts as survived. "
