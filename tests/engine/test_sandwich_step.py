@@ -299,10 +299,11 @@ class StubDetector(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.tensor(2.0))
         self.width_range = (0.25, 1.0)
         self.device = torch.device("cpu")
-        self.calls, self.nan_at_width = [], nan_at_width
+        self.calls, self.nan_at_width, self.image_devices = [], nan_at_width, []
 
     def forward(self, batched_inputs):
         width, side = get_width(self), int(batched_inputs[0]["image"].shape[-1])
+        self.image_devices.append(batched_inputs[0]["image"].device.type)
         self.calls.append((width, side, float(torch.rand(1))))
         loss_a = width * self.weight * (float("nan") if width == self.nan_at_width else 1.0)
         return {"loss_a": loss_a, "loss_b": torch.tensor(side / 100.0)}
@@ -331,7 +332,20 @@ def test_member_losses_and_totals_are_logged_by_hand_and_the_widest_width_comes_
     assert abs(latest["cohort/total_loss"][0] - sum(totals)) < 1e-6
     assert abs(latest["total_loss"][0] - 2.5) < 1e-6 and abs(latest["loss_a"][0] - 2.0) < 1e-6  # the widest's, as Detectron2 logs
     assert abs(latest["grad_norm"][0] - (1.0 + 0.6 + 0.25)) < 1e-6 and latest["grad_clipped"][0] == 0.0
+    assert 0 <= latest["data_time"][0] < 1.0  # the time spent waiting for the batch (a list here: none)
     assert get_width(model) == 1.0
+
+
+def test_members_images_are_rescaled_on_the_models_device():
+    """"meta" stands in for a GPU: the down-scaled members' images are made on the model's device
+    (the widest member's batch is used as it comes)."""
+    model = StubDetector()
+    model.device = torch.device("meta")
+    trainer = stub_trainer(model)
+    with EventStorage(0):
+        trainer.iter = 0
+        trainer.run_step()
+    assert model.image_devices == ["cpu", "meta", "meta"]
 
 
 def test_cohort_metrics_only_every_gather_period_and_a_nan_member_stops_naming_it():
@@ -387,7 +401,7 @@ def test_a_model_in_eval_mode_is_refused():
     model = StubDetector()
     trainer = stub_trainer(model)  # (Detectron2's trainer puts the model in training mode)
     model.eval()
-    with EventStorage(0), pytest.raises(AssertionError, match=r"\[SandwichTrainer\] model was changed to eval mode!"):
+    with EventStorage(0), pytest.raises(AssertionError, match=r"^\[SandwichTrainer\] model was changed to eval mode!$"):
         trainer.run_step()
 
 
