@@ -20,8 +20,12 @@ class CheckpointError(ValueError):
 
 
 def _first_line(error: BaseException) -> str:
-    """An exception's first line (torch's unpickling errors run to paragraphs of advice)."""
-    return (str(error).strip().splitlines() or [""])[0].rstrip(".")
+    """An exception's first line (torch's unpickling errors run to paragraphs of advice, the first
+    of which is to load with weights_only=False: code execution from an untrusted file)."""
+    line = (str(error).strip().splitlines() or [""])[0].rstrip(".")
+    if line.startswith("Weights only load failed"):
+        return "torch's safe loader (weights_only) refused it"
+    return line
 
 
 def _head(keys, limit=5):
