@@ -442,3 +442,36 @@ def test_clipping_is_logged_only_above_the_per_member_norm_times_the_cohort_size
             trainer.iter = 0
             trainer.run_step()
         assert abs(storage.latest()["grad_norm"][0] - norm) < 1e-6 and storage.latest()["grad_clipped"][0] == 0.0
+
+
+def test_every_member_is_taught_by_the_widest():
+    """The teacher handed to each narrower member's distillation is what the widest member's
+    forward captured (not the member just before it)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).train()
+    optimizer = RecordingSGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    distillation = InplaceDistillation("add", 1.0)
+    trainer = SandwichTrainer(model, [toy_batch()] * 2, optimizer, cohort_of=lambda i: COHORT, distillation=distillation)
+    captured_by_member, teachers = [], []
+    real_forward, real_member_losses = trainer._forward, distillation.member_losses
+
+    def forward(inputs):
+        loss_dict, captured = real_forward(inputs)
+        captured_by_member.append(captured)
+        return loss_dict, captured
+
+    def member_losses(model, loss_dict, teacher, *args):
+        teachers.append(teacher)
+        return real_member_losses(model, loss_dict, teacher, *args)
+
+    trainer._forward, distillation.member_losses = forward, member_losses
+    with EventStorage(0):
+        trainer.iter = 0
+        trainer.run_step()
+    assert len(captured_by_member) == 3 and len(teachers) == 2
+    assert all(teacher is captured_by_member[0] for teacher in teachers)
+
+
+def test_no_gradient_no_norm():
+    parameter = torch.zeros(2, requires_grad=True)  # no .grad yet
+    assert clip_summed_gradient([], 1.0, 3) == 0.0 and clip_summed_gradient([parameter], 1.0, 3) == 0.0
