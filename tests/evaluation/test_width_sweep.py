@@ -223,16 +223,25 @@ def test_a_sweep_on_two_images_records_each_configuration_from_bank_or_calibrati
     evaluated = []  # (width, image side) of each inference-mode forward pass
     model.register_forward_pre_hook(lambda module, args: evaluated.extend(
         (get_width(module), int(item["image"].shape[-1])) for item in args[0] if not module.training))
-    results = run_width_sweep(cfg, model, calibration_batches(cfg))
+    batches, drawn = calibration_batches(cfg), []
+
+    def counted_batches(scale):
+        for batch in batches(scale):
+            drawn.append(scale)
+            yield batch
+
+    results = run_width_sweep(cfg, model, counted_batches)
 
     records = results[name]
+    assert drawn == [0.5, 1.0, 0.5]  # NUM_BATCHES 1 for each of the three configurations calibrated
     assert list(results) == [name]
     assert [(r["width"], r["resolution_scale"]) for r in records] == [(1.0, 1.0), (1.0, 0.5), (0.25, 1.0), (0.25, 0.5)]
     assert [r["bn_stats"] for r in records] == ["bank", "calibrated", "calibrated", "calibrated"]
     assert all(r["trained_as"] == training_recipe(cfg) for r in records)
     runs = [(key, len(list(group))) for key, group in itertools.groupby(evaluated)]
     assert [key for key, _ in runs] == [(1.0, 64), (1.0, 32), (0.25, 64), (0.25, 32)]
-    assert all(count >= 2 for _, count in runs)  # both images, after the FLOPs count's
+    # the FLOPs count's one image (FLOPS_NUM_IMAGES) through the GFLOPs and the parameter count, then both images
+    assert all(count == 4 for _, count in runs), runs
     by_config = {(r["width"], r["resolution_scale"]): r for r in records}
     assert by_config[(1.0, 1.0)]["gflops"] > by_config[(1.0, 0.5)]["gflops"] > by_config[(0.25, 0.5)]["gflops"]
     assert by_config[(1.0, 1.0)]["params"] == sum(p.numel() for p in model.parameters()) > by_config[(0.25, 1.0)]["params"]
@@ -240,3 +249,4 @@ def test_a_sweep_on_two_images_records_each_configuration_from_bank_or_calibrati
     written = json.load(open(tmp_path / "inference" / name / "width_sweep.json"))
     assert json.dumps(written) == json.dumps(records)  # (a class without detections has AP NaN)
     assert build_evaluator(tiny_cfg(**{"MODEL.MASK_ON": False}), name)._tasks == ("bbox",)
+    assert build_evaluator(cfg, name, str(tmp_path / "evaluator"))._output_dir == str(tmp_path / "evaluator")
