@@ -250,3 +250,8 @@ def test_a_sweep_on_two_images_records_each_configuration_from_bank_or_calibrati
     assert json.dumps(written) == json.dumps(records)  # (a class without detections has AP NaN)
     assert build_evaluator(tiny_cfg(**{"MODEL.MASK_ON": False}), name)._tasks == ("bbox",)
     assert build_evaluator(cfg, name, str(tmp_path / "evaluator"))._output_dir == str(tmp_path / "evaluator")
+    # weights loaded from a checkpoint carry how they were trained: that, not this config's, is recorded
+    from mutualnet_det.evaluation.width_sweep import evaluate_configuration
+
+    model.training_recipe = dict(training_recipe(cfg), method="usnet")
+    assert evaluate_configuration(cfg, model, name, 1.0, 1.0)["trained_as"]["method"] == "usnet"
