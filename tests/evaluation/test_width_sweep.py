@@ -205,7 +205,7 @@ def two_image_dataset(tmp_path):
     return name
 
 
-def test_a_sweep_on_two_images_records_each_configuration_from_bank_or_calibration(tmp_path):
+def test_a_sweep_on_two_images_records_each_configuration_from_bank_or_calibration(tmp_path, caplog):
     """run_width_sweep end to end on two images: the configurations in order, each evaluated at its
     width on images at its scale; statistics from the bank where banked, calibrated otherwise;
     costs that fall with width and scale; the training record; COCO metrics of both tasks; the files."""
@@ -230,7 +230,12 @@ def test_a_sweep_on_two_images_records_each_configuration_from_bank_or_calibrati
             drawn.append(scale)
             yield batch
 
-    results = run_width_sweep(cfg, model, counted_batches)
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="mutualnet_det.evaluation.width_sweep"):
+        results = run_width_sweep(cfg, model, counted_batches)
+    sweep_json = tmp_path / "inference" / name / "width_sweep.json"
+    assert f"Width sweep on {name} (written to {sweep_json}):" in caplog.text and "box AP" in caplog.text
 
     records = results[name]
     assert drawn == [0.5, 1.0, 0.5]  # NUM_BATCHES 1 for each of the three configurations calibrated
