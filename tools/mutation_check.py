@@ -68,7 +68,9 @@ MODULES = [
          "test_room_must_be_consecutive_to_step_up", "test_budget_policy_moves_to_another_front_with_its_parameters",
          "test_budget_policy_parameters_refused_naming_them", "test_budget_policy_edges_of_its_parameters_and_defaults",
          "test_budget_policy_waits_for_half_a_window_and_measures_the_load_as_a_median",
-         "test_budget_policy_start_and_metric")],
+         "test_budget_policy_start_and_metric", "test_budget_policy_decisions_at_their_edges",
+         "test_step_up_comes_exactly_patience_frames_after_room_begins",
+         "test_a_front_record_exactly_at_the_budget_fits_and_the_metric_goes_along_twice")],
      "only BudgetPolicy is mutated, against its own tests (the predictor around it is timing code)"),
     # The whole sweep runs on two images here (8 s); the 60-image sweep (15 s a mutant) and the
     # command-line test (a subprocess, which mutmut cannot follow) are left out.

@@ -491,7 +491,8 @@ def test_budget_policy_waits_for_half_a_window_and_measures_the_load_as_a_median
     for ms in (20.0, 30.0, 40.0, 10.0):
         policy.observe(ms)
     assert policy.load() == 25.0 / 20.0  # median of the last 4 (window) frames: (20 + 30) / 2
-    assert not BudgetPolicy(FRONT, BUDGET, window=4, start=FRONT[0]).observe(1000.0)  # the cheapest: nowhere to go
+    cheapest = BudgetPolicy(FRONT, BUDGET, window=1, start=FRONT[0])
+    assert not cheapest.observe(1000.0) and cheapest.current is FRONT[0]  # the cheapest: nowhere to go
 
 
 def test_budget_policy_start_and_metric():
@@ -501,3 +502,35 @@ def test_budget_policy_start_and_metric():
     policy = BudgetPolicy(by_small, BUDGET, metric=("bbox", "APs"))
     assert policy.current["latency_ms"] == 20.0  # the best APs under 75 ms is the cheapest
     assert policy.with_front(by_small).current["latency_ms"] == 20.0  # the metric goes along
+
+
+def test_budget_policy_decisions_at_their_edges():
+    """By hand, window 1 unless said: a budget under 1 ms is a budget; a median exactly at the budget
+    is not over it; a configuration predicted exactly at the budget fits; from the second
+    configuration down is a move; a frame without a move says so."""
+    assert BudgetPolicy(FRONT, 0.5, start=FRONT[0]).budget_ms == 0.5
+    steady = simulate(new_policy(), [1.25] * 30)  # 60 ms runs in exactly 75 ms
+    assert {config for config, _ in steady} == {60.0}
+    at_80 = BudgetPolicy(FRONT, BUDGET, window=1, start=FRONT[3])
+    assert at_80.observe(100.0) and at_80.current["latency_ms"] == 60.0  # load 1.25: 60 x 1.25 = 75 fits
+    second = BudgetPolicy(FRONT, BUDGET, window=1, start=FRONT[1])
+    assert second.observe(120.0) and second.current is FRONT[0]  # load 3: only 20 ms (60) fits
+    policy = new_policy()
+    assert not any(policy.observe(60.0) for _ in range(30))  # load 1 at 60 ms: no room, no move
+
+
+def test_step_up_comes_exactly_patience_frames_after_room_begins():
+    """Window 5, patience 10: 20 frames without room (load 0.9), then load 0.7. The median turns
+    at the third 0.7 frame (index 22), the first with room; the tenth frame with room (31) moves,
+    so frame 32 is the first at 80 ms."""
+    trace = simulate(new_policy(), [0.9] * 20 + [0.7] * 15)
+    assert [config for config, _ in trace[:32]] == [60.0] * 32 and trace[32][0] == 80.0
+
+
+def test_a_front_record_exactly_at_the_budget_fits_and_the_metric_goes_along_twice():
+    policy = BudgetPolicy(FRONT, BUDGET, metric=("bbox", "APs"), start=FRONT[0])
+    by_small = [dict(r, bbox={"AP": r["bbox"]["AP"], "APs": r["bbox"]["AP"]}) for r in FRONT]
+    at_budget = [dict(r, latency_ms=ms) for r, ms in zip(by_small, (20.0, 40.0, 75.0, 80.0, 100.0))]
+    moved = policy.with_front(at_budget)
+    assert moved.current["latency_ms"] == 75.0 and moved.metric == ("bbox", "APs")
+    assert moved.with_front(by_small).metric == ("bbox", "APs")
