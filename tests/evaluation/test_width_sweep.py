@@ -162,6 +162,10 @@ def test_written_sweep_files_by_hand(tmp_path):
     assert json.load(open(folder / stamped[1])) == records
     assert list(csv.reader(open(folder / stamped[0]))) == rows
     assert not list(folder.glob("*.tmp"))
+    assert open(path).read() == json.dumps(records, indent=1)  # indented one space, as written
+    import re
+
+    assert re.fullmatch(r"width_sweep_\d{4}-\d{2}-\d{2}T\d{6}\.json", stamped[1])
 
     from mutualnet_det.evaluation import width_sweep
 
@@ -170,15 +174,19 @@ def test_written_sweep_files_by_hand(tmp_path):
     (folder / (stem + "_2.json")).write_text("[]")
     assert width_sweep._free_stem(str(folder), stem) == stem + "_3"
     assert width_sweep._free_stem(str(folder), "width_sweep_other") == "width_sweep_other"
+    write_sweep(records[:1], str(folder))  # a second sweep into the existing folder
+    assert json.load(open(path)) == records[:1] and len(list(folder.glob("width_sweep_*.json"))) == 3
 
 
 def test_sweep_table_text_by_hand():
     from mutualnet_det.evaluation.width_sweep import format_sweep
 
-    lines = format_sweep([full_record(1.0, 1.0, 4.0, 30.0, segm_ap=25.0), full_record(0.25, 0.6, 1.0, 10.0)]).splitlines()
+    records = [full_record(1.0, 1.0, 4.0, 30.0, segm_ap=25.0), full_record(0.25, 0.6, 1.0, 10.0)]
+    records[0]["params"] = 2_145_001  # 2.145001 M: "2.15" (a divisor a hair off 1e6 would print 2.14)
+    lines = format_sweep(records).splitlines()
     assert lines[0].split() == ["width", "scale", "GFLOPs", "GFLOPs", "bb", "params", "(M)", "box", "AP", "APs", "APl",
                                 "mask", "AP", "APs", "APl"]
-    assert lines[2].split() == ["1.00", "1.00", "4.00", "2.00", "2.50", "30.00", "20.00", "40.00", "25.00", "1.00", "3.00"]
+    assert lines[2].split() == ["1.00", "1.00", "4.00", "2.00", "2.15", "30.00", "20.00", "40.00", "25.00", "1.00", "3.00"]
     assert lines[3].split() == ["0.25", "0.60", "1.00", "0.50", "2.50", "10.00", "0.00", "20.00", "nan", "nan", "nan"]
 
 
