@@ -223,3 +223,17 @@ def test_a_batch_is_rescaled_on_the_models_device(monkeypatch):
     assert moved == [("cpu",)]
     assert torch.equal(on_device["instances"].gt_masks.tensor, plain["instances"].gt_masks.tensor)
     assert rescale_batch([item], 1.0, device="meta")[0] is item
+
+
+def test_row_overlaps_are_computed_on_the_masks_device(monkeypatch):
+    """On a GPU, indices and weights made on the CPU would be copied over (or fail) at every
+    gather; record the device each _overlaps call is asked for (masks on "meta", not the CPU)."""
+    import mutualnet_det.data.rescale as rescale
+
+    requested = []
+    real_overlaps = rescale._overlaps
+    monkeypatch.setattr(rescale, "_overlaps", lambda old_size, new_size, device: requested.append(
+        (old_size, new_size, device)) or real_overlaps(old_size, new_size, device))
+    masks = torch.zeros(2, 4, 6, dtype=torch.bool, device="meta")
+    assert rescale._resize_bitmasks(masks, 2, 3).shape == (2, 2, 3)
+    assert requested == [(4, 2, masks.device), (6, 3, masks.device)]
