@@ -361,19 +361,21 @@ def test_calibration_records_are_a_fixed_draw_without_repeats_of_the_filtered_tr
     assert asked == [{"filter_empty": False}]
 
 
-def test_calibration_images_follow_both_test_sizes_and_only_the_drawn_records(monkeypatch):
-    """MIN_SIZE_TEST 96 with MAX_SIZE_TEST 80 on square images: the long side limit wins (80 x 80,
-    and 48 x 48 at scale 0.6, as evaluated); a loader built without records reads only the drawn ones."""
+@pytest.mark.parametrize("short,long,side_1,side_06", [(96, 80, 80, 48), (64, 80, 64, 38)])
+def test_calibration_images_follow_both_test_sizes_and_only_the_drawn_records(monkeypatch, short, long, side_1, side_06):
+    """Square images: MIN_SIZE_TEST 96 with MAX_SIZE_TEST 80: the long side limit wins (80 x 80,
+    48 x 48 at scale 0.6, as evaluated); 64 with 80: the short side (64, and 38 = 64 x 0.6 rounded);
+    a loader built without records reads only the drawn ones."""
     from detectron2.data import DatasetMapper
 
     from mutualnet_det.bn_calibration import build_calibration_loader, calibration_records
 
-    cfg = tiny_cfg(**{"INPUT.MIN_SIZE_TEST": 96, "INPUT.MAX_SIZE_TEST": 80})
+    cfg = tiny_cfg(**{"INPUT.MIN_SIZE_TEST": short, "INPUT.MAX_SIZE_TEST": long})
     drawn = {r["file_name"] for r in calibration_records(cfg)}
     read = []
     real_map = DatasetMapper.__call__
     monkeypatch.setattr(DatasetMapper, "__call__", lambda self, record: read.append(record["file_name"]) or real_map(self, record))
-    for scale, side in ((1.0, 80), (0.6, 48)):
+    for scale, side in ((1.0, side_1), (0.6, side_06)):
         loader = iter(build_calibration_loader(cfg, scale))
         for _ in range(3):
             assert {tuple(item["image"].shape[-2:]) for item in next(loader)} == {(side, side)}
