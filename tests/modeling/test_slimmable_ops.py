@@ -367,3 +367,20 @@ def test_converted_conv_keeps_dilation_and_refuses_groups():
     assert torch.allclose(slimmable_conv_like(conv, ChannelRule(16))(x), conv(x), atol=1e-6)
     with pytest.raises(NotImplementedError, match="grouped"):
         slimmable_conv_like(Conv2d(8, 16, kernel_size=3, groups=2), ChannelRule(16))
+
+
+def test_converted_layers_are_moved_to_the_source_layers_device(monkeypatch):
+    """A converted layer is built on the CPU and then moved where the layer it replaces is (a GPU
+    in training); record the moves (this machine has only the CPU to tell devices apart)."""
+    from detectron2.layers import Conv2d
+
+    from mutualnet_det.modeling.slimmable_ops import slimmable_conv_like, slimmable_linear_like
+    from mutualnet_det.width import ChannelRule
+
+    moves = []
+    real_to = nn.Module.to
+    monkeypatch.setattr(nn.Module, "to", lambda self, *args, **kwargs: moves.append((type(self).__name__, args))
+                        or real_to(self, *args, **kwargs))
+    slimmable_conv_like(Conv2d(4, 8, kernel_size=1), ChannelRule(8))
+    slimmable_linear_like(nn.Linear(4, 8), ChannelRule(8))
+    assert moves == [("SlimmableConv2d", (torch.device("cpu"),)), ("SlimmableLinear", (torch.device("cpu"),))]
