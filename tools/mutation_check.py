@@ -45,7 +45,7 @@ MODULES = [
       "--deselect=tests/modeling/test_backbone.py::test_flops_fall_monotonically_with_width",
       "--deselect=tests/modeling/test_backbone.py::test_width_w_equals_plain_reduced_network[50-0.3]",
       "--deselect=tests/modeling/test_heads.py::test_width_w_is_detectron2_mask_rcnn_with_reduced_channels[50]"],
-     "left out for time: the FLOPs test and two ResNet-50 repeats of cases R-18 and R-50 cover"),
+     "three slow tests left out for time: the FLOPs test, and two ResNet-50 repeats of cases the other tests cover"),
     ("bn_calibration", "mutualnet_det/bn_calibration.py", None,
      ["tests/test_bn_calibration.py"]),
     ("sandwich_trainer", "mutualnet_det/engine/sandwich_trainer.py", None,
@@ -296,10 +296,10 @@ def format_report(report) -> str:
         return f"{100 * x:.1f}%"
 
     lines = [f"# Mutation testing, {report['date']}", "",
-             "Command, from the repository root (mutmut from PyPI: "
-             f"`.venv/bin/pip install mutmut=={report['machine']['mutmut']}`): "
-             + "; then ".join(f"`{c}`" for c in report["commands"])
-             + " (`--update` re-runs the modules named and keeps the other rows).",
+             "Commands, from the repository root (mutmut from PyPI: "
+             f"`.venv/bin/pip install mutmut=={report['machine']['mutmut']}`; `--update` replaces the rows of "
+             "the modules named and keeps the others):", "",
+             *[f"- `{c}`" for c in report["commands"]], "",
              f"Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, Python "
              f"{report['machine']['python']}, torch {report['machine']['torch']}, mutmut {report['machine']['mutmut']}; "
              f"one mutmut worker, OMP_NUM_THREADS=1. Wall time {report['wall_s'] / 60:.1f} min "
