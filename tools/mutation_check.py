@@ -181,8 +181,9 @@ def run_module(work, module, equivalents, log_path, timeout_s, previous=None):
             if lift_decorators(f.read()) != g.read():
                 raise RuntimeError(f"{source} changed since the run in {previous}: run the module whole")
         names = surviving_mutants(previous, source, mutant_glob)
-        if not names:
-            return collect_module(previous, module, equivalents, env, read_number(previous, f"wall_{name}"), 0)
+        if not names:  # nothing to run again: the earlier run stands as it is
+            return dict(collect_module(previous, module, equivalents, env, read_number(previous, f"wall_{name}"), 0),
+                        nothing_rerun=True)
     with open(os.path.join(REPO_ROOT, source)) as f:
         original = f.read()
     with open(os.path.join(work, source), "w") as f:
@@ -380,7 +381,8 @@ def main():
             result["commit"] = commit
             if args.resume:  # the survivors were re-run on this tree; the rest was decided on that one
                 with open(os.path.join(args.resume, "mutation_commit.txt")) as f:
-                    result["commit"] = f"{f.read().strip()}, survivors re-run on {commit}"
+                    earlier = f.read().strip()
+                result["commit"] = earlier if result.pop("nothing_rerun", False) else f"{earlier}, survivors re-run on {commit}"
             with open(os.path.join(work, "mutation_commit.txt"), "w") as f:
                 f.write(result["commit"])
             print(f"    {result['mutants']} mutants, {result['killed']} killed, {result['timed_out']} timed out, "
