@@ -525,6 +525,9 @@ def test_step_up_comes_exactly_patience_frames_after_room_begins():
     so frame 32 is the first at 80 ms."""
     trace = simulate(new_policy(), [0.9] * 20 + [0.7] * 15)
     assert [config for config, _ in trace[:32]] == [60.0] * 32 and trace[32][0] == 80.0
+    # room from the first decision (frame 2, after window // 2 + 1 = 3 frames): the tenth is frame 11
+    trace = simulate(new_policy(), [0.7] * 13)
+    assert [config for config, _ in trace[:12]] == [60.0] * 12 and trace[12][0] == 80.0
 
 
 def test_a_front_record_exactly_at_the_budget_fits_and_the_metric_goes_along_twice():
