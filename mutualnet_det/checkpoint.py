@@ -207,7 +207,11 @@ class TrainingCheckpointer(RecipeChecking, DetectionCheckpointer):
 
     def resume_or_load(self, path: str, *, resume: bool = True):
         if not (resume and self.has_checkpoint()):
-            return super().resume_or_load(path, resume=resume)
+            self._starting = True  # MODEL.WEIGHTS: where this training starts from (_load_model)
+            try:
+                return super().resume_or_load(path, resume=resume)
+            finally:
+                self._starting = False
         self._remove_unfinished_writes()
         candidates = self.resume_candidates()
         problems = []
@@ -231,9 +235,41 @@ class TrainingCheckpointer(RecipeChecking, DetectionCheckpointer):
                               + "; ".join(problems) + "). Remove the bad files and last_checkpoint to "
                               "start from MODEL.WEIGHTS, or restore a checkpoint.")
 
+    _starting = False
+    starting_keys = None  # what loading MODEL.WEIGHTS left out (Detectron2's incompatible keys)
+
     def _load_model(self, checkpoint):
-        self._check_and_keep_recipe(checkpoint, "the checkpoint being loaded")
-        return super()._load_model(checkpoint)
+        if not self._starting:  # resuming this training: the checkpoint must mean what the config says
+            self._check_and_keep_recipe(checkpoint, "the checkpoint being loaded")
+            return super()._load_model(checkpoint)
+        return self._load_starting_weights(checkpoint)
+
+    def _load_starting_weights(self, checkpoint):
+        """MODEL.WEIGHTS starts this training (fine-tuning): a stock Detectron2 detector, a
+        single-width or adaptive model of this project, or backbone-only ImageNet weights. Its
+        weights are taken by name (Detectron2's rules; what is missing or unused is logged);
+        another width range or method is what fine-tuning is for, so the recipe is not checked;
+        its banked BN statistics are dropped: they hold only for the weights they were calibrated
+        with, which training is about to change (BN is recalibrated after training)."""
+        state = checkpoint["model"]
+        banked = [key for key in state if key.startswith(BANK_PREFIX)]
+        for key in banked:
+            del state[key]
+        if banked:
+            logger.info(f"Starting weights: dropped {len(banked)} banked BN statistics tensors")
+        saved = checkpoint.get("mutualnet")
+        if saved and self.recipe:
+            changed = [f"{key} {saved[key]!r} -> {self.recipe.get(key)!r}" for key in saved
+                       if saved[key] != self.recipe.get(key)]
+            if changed:
+                logger.info("Fine-tuning a model trained with other settings: " + ", ".join(changed))
+        model = getattr(self.model, "module", self.model)
+        model.training_recipe = self.recipe
+        keys = super()._load_model(checkpoint)
+        # BN's batch counter is no weight: FrozenBN (the model zoo's norm) has none to give
+        keys.missing_keys[:] = [k for k in keys.missing_keys if not k.endswith(".num_batches_tracked")]
+        self.starting_keys = keys
+        return keys
 
     def _remove_unfinished_writes(self):
         """Temporary files of writes a killed run never finished (the OUTPUT_DIR lock makes this

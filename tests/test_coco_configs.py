@@ -121,3 +121,31 @@ def test_a_stopped_training_saves_a_checkpoint_and_exits_130_saying_how_to_resum
     assert (tmp_path / "out" / "last_checkpoint").is_file(), text[-3000:]
     saved = (tmp_path / "out" / "last_checkpoint").read_text()
     assert saved.startswith("model_") and (tmp_path / "out" / saved).is_file() and saved != "model_final.pth"
+
+
+def test_the_fine_tuning_config_starts_from_a_stock_zoo_checkpoint_and_trains(tmp_path):
+    """A model-zoo style .pkl of Detectron2's own R50-FPN Mask R-CNN (stock GeneralizedRCNN, FrozenBN,
+    as in the zoo) starts MutualNet fine-tuning: every weight taken, none missing, then it trains."""
+    import pickle
+
+    from detectron2.modeling import build_model
+
+    from mutualnet_det.config import load_config
+
+    config = "mutualnet_finetune_mask_rcnn_R_50_FPN_1x.yaml"
+    cfg = load_config(os.path.join(REPO, "configs", "COCO-InstanceSegmentation", config), [])
+    assert cfg.MODEL.WEIGHTS.startswith("detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x/")
+    stock = cfg.clone()
+    stock.defrost()
+    stock.merge_from_list(["MODEL.META_ARCHITECTURE", "GeneralizedRCNN", "MODEL.BACKBONE.NAME",
+                           "build_resnet_fpn_backbone", "MODEL.RESNETS.NORM", "FrozenBN", "MODEL.DEVICE", "cpu"])
+    zoo = tmp_path / "model_final_zoo.pkl"
+    with open(zoo, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in build_model(stock).state_dict().items()},
+                     "__author__": "Detectron2 Model Zoo"}, f)
+    write_tiny_coco(tmp_path / "datasets")
+    run = train_net(config, tmp_path / "datasets", *SMALL, "MODEL.WEIGHTS", str(zoo), "OUTPUT_DIR", str(tmp_path / "ft"))
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    assert "not found in the checkpoint" not in log and "not used by the model" not in log, log[-4000:]
+    assert (tmp_path / "ft" / "model_final.pth").is_file()

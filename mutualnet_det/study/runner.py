@@ -36,6 +36,14 @@ class StudyRun:
     group: str  # curve in the plot / row group in the table (seeds of a group are averaged)
     overrides: tuple = field(default_factory=tuple)
     seed: int = 1
+    config: str = ""  # its own config file (e.g. the fine-tuning recipe); "" = the study's
+
+
+def single_width_run(width: float) -> StudyRun:
+    """An independently trained single-width model: WIDTH_RANGE collapsed to the width, evaluated there."""
+    return StudyRun(f"single_w{width:g}_seed1", f"single width {width:g}",
+                    ("MUTUALNET.TRAIN.METHOD", "single", "MUTUALNET.WIDTH_RANGE", f"({width}, {width})",
+                     "MUTUALNET.TEST.WIDTHS", f"({width},)"), 1)
 
 
 def study_plan(seeds=(1, 2, 3), slimmable_heads: bool = False) -> List[StudyRun]:
@@ -64,12 +72,7 @@ def study_plan(seeds=(1, 2, 3), slimmable_heads: bool = False) -> List[StudyRun]
         runs += [StudyRun(f"mutualnet_slimheads_seed{seed}", "MutualNet, slimmable heads",
                           ("MUTUALNET.TRAIN.METHOD", "mutualnet", "MUTUALNET.SLIMMABLE_HEADS", "True"), seed)
                  for seed in (1, 2)]
-    # independently trained single-width models: WIDTH_RANGE collapsed to the width, evaluated there
-    for width in (1.0, 0.25):
-        runs.append(StudyRun(f"single_w{width:g}_seed1", f"single width {width:g}",
-                             ("MUTUALNET.TRAIN.METHOD", "single", "MUTUALNET.WIDTH_RANGE", f"({width}, {width})",
-                              "MUTUALNET.TEST.WIDTHS", f"({width},)"), 1))
-    return runs
+    return runs + [single_width_run(width) for width in (1.0, 0.25)]
 
 
 def sweep_path(root: str, run: StudyRun) -> str:
@@ -113,7 +116,7 @@ def train_and_sweep(run: StudyRun, root: str, threads: int = 0, config_file: str
     # the demo reads to find model_final.pth, then holds no path of this machine's checkout
     inside_repo = os.path.commonpath([os.path.abspath(folder), REPO]) == REPO
     output_dir = os.path.relpath(folder, REPO) if inside_repo else os.path.abspath(folder)
-    command = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", config_file,
+    command = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", run.config or config_file,
                "--resume", "OUTPUT_DIR", output_dir, "SEED", str(run.seed),
                "MUTUALNET.TRAIN.COHORT_SEED", str(run.seed), *run.overrides]
     log_path = os.path.join(folder, "study.log")
