@@ -15,6 +15,10 @@ memory of single, usnet and mutualnet. Writes JSON and Markdown to benchmarks/re
         masks, against the dense product it replaced: rescale_*.{json,md}
     python tools/benchmark.py --coco-cost  # the COCO config's GFLOPs per iteration of each method and
         per width sweep, counted at 800 x 1333 (no data, no GPU needed): coco_cost_*.{json,md}
+    python tools/benchmark.py --stages [--widths 1.0 0.5 0.25] [--threads 1 2] [--num-images 8]
+        # where inference time goes at each width (backbone, RPN, poolers, heads, NMS, mask
+        # pasting) for a trained config (default: the main job's MutualNet, MODEL.WEIGHTS or
+        # <OUTPUT_DIR>/model_final.pth; --weights W): stages_*.{json,md}
 """
 import argparse
 import os
@@ -25,22 +29,27 @@ import torch
 from mutualnet_det.benchmark.coco_cost import coco_cost_markdown, coco_cost_report
 from mutualnet_det.benchmark.inference import heads_inference_benchmark, inference_benchmark
 from mutualnet_det.benchmark.rescale import rescale_benchmark, rescale_markdown
+from mutualnet_det.benchmark.stages import profile_stages, stages_markdown
 from mutualnet_det.benchmark.reports import (benchmark_markdown, heads_markdown, new_report, precision_markdown,
-                                             roi_align_markdown)
+                                             roi_align_markdown, shown_path)
 from mutualnet_det.benchmark.timing import write_report
 from mutualnet_det.benchmark.training import (METHODS, heads_training_benchmark, load_cfg, precision_benchmark,
                                               roi_align_benchmark, training_benchmark)
+from mutualnet_det.checkpoint import CheckpointError
 from mutualnet_det.engine.precision import cpu_has_fast_bfloat16
+from mutualnet_det.runtime.latency import load_trained, validation_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "Shapes", "mutualnet_mask_rcnn_R_18_FPN.yaml")
+MAIN_JOB_CONFIG = os.path.join(REPO, "configs", "Shapes", "mutualnet_slimheads_mask_rcnn_R_18_FPN.yaml")
 COCO_CONFIG = os.path.join(REPO, "configs", "COCO-InstanceSegmentation", "mutualnet_mask_rcnn_R_50_FPN_1x.yaml")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", default=DEFAULT_CONFIG)
-    parser.add_argument("--weights", default=os.path.join(REPO, "output", "shapes_mutualnet", "model_final.pth"))
+    parser.add_argument("--weights", help="trained checkpoint (default: output/shapes_mutualnet/model_final.pth; "
+                                          "with --stages the config's MODEL.WEIGHTS or <OUTPUT_DIR>/model_final.pth)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--train-iters", type=int, default=6)
@@ -55,7 +64,29 @@ def main():
                         help="only the bitmask resize of the narrower members at COCO size")
     parser.add_argument("--coco-cost", action="store_true",
                         help="only the COCO config's cost on paper (--config-file defaults to the COCO MutualNet config)")
+    parser.add_argument("--stages", action="store_true",
+                        help="only inference time by stage at each width (--widths, --threads, --num-images, --scale)")
+    parser.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.5, 0.25])
+    parser.add_argument("--threads", type=int, nargs="+", metavar="N", help="torch thread counts (default: current)")
+    parser.add_argument("--num-images", type=int, default=8, help="validation images per width, each timed 3 times (--stages)")
+    parser.add_argument("--scale", type=float, default=1.0, help="resolution scale (--stages)")
     args = parser.parse_args()
+    if args.stages:
+        config = args.config_file if args.config_file != DEFAULT_CONFIG else MAIN_JOB_CONFIG
+        try:
+            cfg, model = load_trained(config, ["MODEL.DEVICE", args.device], args.weights)
+        except (ValueError, CheckpointError) as error:
+            parser.error(str(error))
+        try:
+            records = profile_stages(cfg, model, validation_images(cfg, args.num_images), args.widths, args.scale,
+                                     args.threads, repeats_per_image=3)
+        except ValueError as error:  # a width or scale the checkpoint has no statistics for
+            parser.error(str(error))
+        report = new_report(args.device, config, weights=shown_path(cfg.MODEL.WEIGHTS), num_images=args.num_images,
+                            repeats_per_image=3, resolution_scale=args.scale, stages=records)
+        write_report(report, args.output, "stages_", stages_markdown)
+        return
+    args.weights = args.weights or os.path.join(REPO, "output", "shapes_mutualnet", "model_final.pth")
     if args.coco_cost:
         config = args.config_file if args.config_file != DEFAULT_CONFIG else COCO_CONFIG
         report = new_report("cpu", os.path.relpath(config, REPO), coco_cost=coco_cost_report(config))

@@ -28,11 +28,14 @@ def new_report(device: str, config_file: str, **fields) -> Dict:
     """The fields every report has (date, device, its description, config), then `fields`. A
     config inside the repository is recorded relative to it (reports are committed: no path of
     the machine that wrote them)."""
-    config_path = os.path.abspath(config_file)
-    if config_path.startswith(REPO + os.sep):
-        config_file = os.path.relpath(config_path, REPO)
     return {"date": datetime.date.today().isoformat(), "device": device,
-            "device_name": device_description(device), "config": config_file, **fields}
+            "device_name": device_description(device), "config": shown_path(config_file), **fields}
+
+
+def shown_path(path: str) -> str:
+    """A file inside the repository as a path relative to it, others as given."""
+    absolute = os.path.abspath(path)
+    return os.path.relpath(absolute, REPO) if absolute.startswith(REPO + os.sep) else path
 
 
 def _training_table(training: Dict[str, Dict[str, float]]):
