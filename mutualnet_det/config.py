@@ -16,6 +16,7 @@ TRAIN_METHODS = ("mutualnet", "usnet", "single")
 OPTIMIZERS = ("SGD", "AdamW")
 DISTILL_MODES = ("soft_labels", "add")
 CPU_ROI_ALIGNS = ("gather", "torchvision")
+MASK_PASTES = ("vectorized", "detectron2")
 PAPER_RESOLUTION_SCALES = (1.0, 192 / 224, 160 / 224, 128 / 224)
 
 
@@ -87,6 +88,10 @@ def add_mutualnet_config(cfg):
     _C.MUTUALNET.TEST.RESOLUTION_SCALES = (1.0,)
     # Validation images averaged to report GFLOPs per configuration.
     _C.MUTUALNET.TEST.FLOPS_NUM_IMAGES = 5
+    # How predicted masks are pasted into the image: "vectorized" (modeling/mask_paste.py: all
+    # masks in one pass, Detectron2's result up to float rounding) or "detectron2" (its
+    # paste_masks_in_image: one mask at a time on CPU, most of a narrow width's time there).
+    _C.MUTUALNET.TEST.MASK_PASTE = "vectorized"
 
 
 def _check_scales(key, scales):
@@ -107,6 +112,8 @@ def validate_mutualnet_config(cfg):
     width_range = validate_width_range(node.WIDTH_RANGE)
     if node.CHANNEL_DIVISOR < 1:
         raise ValueError(f"MUTUALNET.CHANNEL_DIVISOR={node.CHANNEL_DIVISOR} must be >= 1")
+    if node.TEST.MASK_PASTE not in MASK_PASTES:
+        raise ValueError(f"MUTUALNET.TEST.MASK_PASTE={node.TEST.MASK_PASTE!r} is unknown; accepted: {MASK_PASTES}")
     if node.CPU_ROI_ALIGN not in CPU_ROI_ALIGNS:
         raise ValueError(f"MUTUALNET.CPU_ROI_ALIGN={node.CPU_ROI_ALIGN!r} is unknown; accepted: {CPU_ROI_ALIGNS}")
     train = node.TRAIN
