@@ -92,6 +92,9 @@ def add_mutualnet_config(cfg):
     # masks in one pass, Detectron2's result up to float rounding) or "detectron2" (its
     # paste_masks_in_image: one mask at a time on CPU, most of a narrow width's time there).
     _C.MUTUALNET.TEST.MASK_PASTE = "vectorized"
+    # RPN proposals kept per image at test time, swept beside widths and scales (each count caps
+    # the detections per image too; modeling/proposals.py). Empty: MODEL.RPN.POST_NMS_TOPK_TEST only.
+    _C.MUTUALNET.TEST.PROPOSALS = ()
 
 
 def _check_scales(key, scales):
@@ -112,6 +115,9 @@ def validate_mutualnet_config(cfg):
     width_range = validate_width_range(node.WIDTH_RANGE)
     if node.CHANNEL_DIVISOR < 1:
         raise ValueError(f"MUTUALNET.CHANNEL_DIVISOR={node.CHANNEL_DIVISOR} must be >= 1")
+    if not all(isinstance(count, int) and count >= 1 for count in node.TEST.PROPOSALS):
+        raise ValueError(f"MUTUALNET.TEST.PROPOSALS={tuple(node.TEST.PROPOSALS)} must hold whole numbers >= 1 "
+                         "(proposals per image), e.g. (1000, 300, 100)")
     if node.TEST.MASK_PASTE not in MASK_PASTES:
         raise ValueError(f"MUTUALNET.TEST.MASK_PASTE={node.TEST.MASK_PASTE!r} is unknown; accepted: {MASK_PASTES}")
     if node.CPU_ROI_ALIGN not in CPU_ROI_ALIGNS:

@@ -54,7 +54,8 @@ def _scale_sizes(sweeps: Dict[str, List[Dict]]) -> Dict[float, float]:
 
 
 def _label(record: Dict) -> str:
-    return f"w{record['width']:g} s{record['resolution_scale']:.2g}"
+    proposals = record.get("proposals")
+    return f"w{record['width']:g} s{record['resolution_scale']:.2g}" + (f" p{proposals}" if proposals else "")
 
 
 def draw_tradeoff(sweeps: Dict[str, List[Dict]], title: str = "",

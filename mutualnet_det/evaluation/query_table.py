@@ -88,7 +88,9 @@ def load_sweep(path: str) -> List[Dict]:
 
 
 def format_table(front: Sequence[Dict], metric=("bbox", "AP")) -> str:
-    rows = [[f"<= {r['gflops']:.3f}", r["width"], r["resolution_scale"], metric_of(r, metric),
-             r.get("segm", {}).get("AP", float("nan"))] for r in front]
-    return tabulate(rows, headers=["budget (GFLOPs)", "width", "scale", f"{metric[0]} {metric[1]}", "segm AP"],
-                    floatfmt=".2f")
+    """The front as a table; a proposals column where the sweep made the count a knob."""
+    with_proposals = any("proposals" in r for r in front)
+    rows = [[f"<= {r['gflops']:.3f}", r["width"], r["resolution_scale"]] + ([r.get("proposals")] if with_proposals else [])
+            + [metric_of(r, metric), r.get("segm", {}).get("AP", float("nan"))] for r in front]
+    return tabulate(rows, headers=["budget (GFLOPs)", "width", "scale"] + (["proposals"] if with_proposals else [])
+                    + [f"{metric[0]} {metric[1]}", "segm AP"], floatfmt=".2f")

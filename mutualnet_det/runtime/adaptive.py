@@ -40,11 +40,10 @@ import torch
 import torch.nn as nn
 
 from ..benchmark.timing import synchronize
-from ..bn_calibration import use_configuration
 from .contention import CpuContention
 from ..data.rescale import scaled_test_input
 from ..evaluation.query_table import best_config, metric_of
-from .latency import (check_banked, configuration_of, describe, fronts_by_threads, model_device, slimmable_setting,
+from .latency import (apply_configuration, check_banked, configuration_of, describe, fronts_by_threads, model_device, slimmable_setting,
                       threads_of)
 
 logger = logging.getLogger(__name__)
@@ -260,7 +259,7 @@ class AdaptivePredictor:
                                         if self.thread_choice else [])
         check_banked(model, list(dict.fromkeys(configuration_of(r) for r in runnable)))
         self.stopwatch = Stopwatch(device, clock)
-        self.running = None  # (width, scale, threads) whose width, BN statistics and thread count are set
+        self.running = None  # (configuration, threads) whose width, BN statistics, proposals and threads are set
         self.frames: List[Frame] = []
 
     def _thread_choice(self, device, frames_to_change: int) -> Optional[ThreadChoice]:
@@ -296,18 +295,19 @@ class AdaptivePredictor:
         self.stopwatch.start()
         self._follow_contention()
         record = self.policy.current
-        width, scale = configuration_of(record)
+        configuration = configuration_of(record)
+        width, scale, _ = configuration
         threads = threads_of(record, self.table)
-        switch_ms, switched = 0.0, self.running is not None and self.running != (width, scale, threads)
-        if self.running != (width, scale, threads):
+        switch_ms, switched = 0.0, self.running is not None and self.running != (configuration, threads)
+        if self.running != (configuration, threads):
             switch_started_ms = self.stopwatch.elapsed_ms()
             if self.on_cpu and torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)  # the pool resizes in the next parallel region: model time
-            use_configuration(self.model, width, scale)  # banked statistics only (checked at start)
+            apply_configuration(self.model, configuration)  # banked statistics only (checked at start)
             switch_ms = self.stopwatch.elapsed_ms() - switch_started_ms
             if switched:
-                logger.debug(f"switched to {describe((width, scale))}, {threads} thread(s), in {switch_ms:.2f} ms")
-            self.running = (width, scale, threads)
+                logger.debug(f"switched to {describe(configuration)}, {threads} thread(s), in {switch_ms:.2f} ms")
+            self.running = (configuration, threads)
         image = original_image[:, :, ::-1] if self.input_format == "RGB" else original_image
         predictions = self.model([scaled_test_input(image, self.cfg, scale)])[0]
         latency_ms = self.stopwatch.elapsed_ms()

@@ -36,7 +36,7 @@ import datetime
 import itertools
 import json
 import os
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -48,6 +48,7 @@ from ..bn_calibration import bn_layers, use_configuration
 from ..data.rescale import scaled_test_input
 from ..evaluation.query_table import metric_of, pareto_front
 from ..flops import backbone_gflops
+from ..modeling.proposals import set_proposals
 from ..width import slimmable_layers, validate_width, width_range_of
 
 TABLE_KEYS = ("device", "setting", "configurations", "front", "metric")
@@ -56,11 +57,21 @@ LATENCY_KEYS = ("latency_ms", "latency_iqr_ms", "latency_min_ms", "latency_max_m
 # sweep differs by far more: a width or depth changes them by tens of percent)
 GFLOPS_TOLERANCE = 0.02
 
-Configuration = Tuple[float, float]  # (width, resolution scale)
+# (width, resolution scale, proposals per image); proposals None: the config's (records of sweeps
+# made before the proposal count was a knob have none)
+Configuration = Tuple[float, float, Optional[int]]
 
 
 def configuration_of(record: Dict) -> Configuration:
-    return float(record["width"]), float(record["resolution_scale"])
+    proposals = record.get("proposals")
+    return float(record["width"]), float(record["resolution_scale"]), None if proposals is None else int(proposals)
+
+
+def apply_configuration(model: nn.Module, configuration: Configuration) -> None:
+    """Set the width, its banked BN statistics (no calibration: a missing entry is an error) and
+    the proposal count of a configuration."""
+    use_configuration(model, configuration[0], configuration[1])
+    set_proposals(model, configuration[2] if len(configuration) > 2 else None)
 
 
 def threads_of(record: Dict, table: Dict) -> int:
@@ -90,7 +101,8 @@ def torch_threads(count: int):
 
 
 def describe(configuration: Configuration) -> str:
-    return f"width {configuration[0]:g}, scale {configuration[1]:g}"
+    proposals = configuration[2] if len(configuration) > 2 else None
+    return f"width {configuration[0]:g}, scale {configuration[1]:g}" + (f", {proposals} proposals" if proposals else "")
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -115,7 +127,7 @@ def check_banked(model: nn.Module, configurations: Sequence[Configuration]) -> N
         return
     bank = getattr(model, "bn_stats_bank", None)
     banked = bank.configurations() if bank is not None else []
-    missing = [c for c in configurations if bank is None or c not in bank]
+    missing = [c for c in configurations if bank is None or tuple(c[:2]) not in bank]
     if missing:
         raise ValueError(f"no banked BN statistics for {describe(missing[0])}"
                          + (f" (and {len(missing) - 1} more configurations)" if len(missing) > 1 else "")
@@ -171,7 +183,7 @@ def check_sweep_matches_model(cfg, model: nn.Module, sweep: Sequence[Dict], imag
     at_scale = [r for r in sweep if r["resolution_scale"] == largest_scale]
     for record in {id(r): r for r in (max(at_scale, key=lambda r: r["width"]),
                                       min(at_scale, key=lambda r: r["width"]))}.values():
-        width, scale = configuration_of(record)
+        width, scale, _ = configuration_of(record)
         use_configuration(model, width, scale)
         measured = float(np.mean([backbone_gflops(model, model.preprocess_image([scaled_test_input(image, cfg, scale)]).tensor)
                                   for image in images[:count]]))
@@ -183,17 +195,18 @@ def check_sweep_matches_model(cfg, model: nn.Module, sweep: Sequence[Dict], imag
 
 def measure_switch(model: nn.Module, configurations: Sequence[Configuration], warmup: int = 2,
                    repeats: int = 20, timer: Callable = time_call) -> Dict[str, float]:
-    """time_call statistics (ms) of one switch: set the width and load the banked BN statistics,
-    cycling through `configurations` so every call changes configuration."""
+    """time_call statistics (ms) of one switch: set the width, load the banked BN statistics and
+    set the proposal count, cycling through `configurations` so every call changes configuration."""
     cycle = itertools.cycle(configurations if len(configurations) > 1 else list(configurations) * 2)
-    return timer(lambda: use_configuration(model, *next(cycle)), model_device(model), warmup, repeats)
+    return timer(lambda: apply_configuration(model, next(cycle)), model_device(model), warmup, repeats)
 
 
 def _timed(cfg, model: nn.Module, record: Dict, images: Sequence[np.ndarray], warmup: int, repeats: int,
            timer: Callable) -> Dict:
     """A sweep record + its latency (ms) at torch's current thread count."""
-    width, scale = configuration_of(record)
-    use_configuration(model, width, scale)
+    configuration = configuration_of(record)
+    apply_configuration(model, configuration)
+    scale = configuration[1]
     inputs = itertools.cycle([scaled_test_input(image[:, :, ::-1] if cfg.INPUT.FORMAT == "RGB" else image, cfg, scale)
                               for image in images])
     stats = timer(lambda: model([next(inputs)]), model_device(model), warmup, repeats)

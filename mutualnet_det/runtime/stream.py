@@ -13,6 +13,7 @@ deployment), and `stream_markdown` reads its report (tools/adaptive_stream_bench
 import collections
 import datetime
 import itertools
+import math
 import multiprocessing
 import os
 import statistics
@@ -122,9 +123,11 @@ def frame_rows(frames: Sequence) -> List[Dict]:
 
 
 def full_configuration(table: Dict, threads: int) -> Optional[Dict]:
-    """The table's width 1.0 / scale 1.0 record timed at `threads` torch threads, or None."""
-    return next((r for r in table["configurations"]
-                 if configuration_of(r) == FULL_CONFIGURATION and threads_of(r, table) == threads), None)
+    """The table's width 1.0 / scale 1.0 record timed at `threads` torch threads, with the most
+    proposals where several counts were profiled (the config's own when not a knob), or None."""
+    full = [r for r in table["configurations"]
+            if configuration_of(r)[:2] == FULL_CONFIGURATION and threads_of(r, table) == threads]
+    return max(full, key=lambda r: r.get("proposals") or math.inf, default=None)
 
 
 def default_budget_ms(table: Dict) -> float:

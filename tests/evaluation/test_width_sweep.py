@@ -119,8 +119,8 @@ def test_eval_only_cli_stops_before_any_evaluation_on_missing_weights(tmp_path):
     assert "Start inference" not in result.stdout + result.stderr
 
 
-def full_record(width, scale, gflops, ap, segm_ap=None):
-    result = {"width": width, "resolution_scale": scale, "bn_stats": "bank", "gflops": gflops,
+def full_record(width, scale, gflops, ap, segm_ap=None, proposals=1000):
+    result = {"width": width, "resolution_scale": scale, "proposals": proposals, "bn_stats": "bank", "gflops": gflops,
               "gflops_backbone": gflops / 2, "params": 2_500_000,
               "bbox": {"AP": ap, "AP50": ap + 20, "AP75": ap + 1, "APs": ap - 10, "APm": ap, "APl": ap + 10}}
     if segm_ap is not None:
@@ -144,19 +144,20 @@ def test_written_sweep_files_by_hand(tmp_path):
     import csv
     from mutualnet_det.evaluation.width_sweep import write_sweep
 
-    records = [full_record(1.0, 1.0, 4.0, 30.0, segm_ap=25.0), full_record(0.25, 0.6, 1.0, 10.0)]
+    records = [full_record(1.0, 1.0, 4.0, 30.0, segm_ap=25.0), full_record(0.25, 0.6, 1.0, 10.0, proposals=50)]
     folder = tmp_path / "inference" / "shapes_val"  # made by write_sweep
     path = write_sweep(records, str(folder))
     assert path == str(folder / "width_sweep.json")
     assert json.load(open(path)) == records
     rows = list(csv.reader(open(folder / "width_sweep.csv")))
-    assert rows[0] == ["width", "resolution_scale", "gflops", "gflops_backbone", "params", "bn_stats",
+    assert rows[0] == ["width", "resolution_scale", "proposals", "gflops", "gflops_backbone", "params", "bn_stats",
                        "bbox_AP", "bbox_AP50", "bbox_AP75", "bbox_APs", "bbox_APm", "bbox_APl",
                        "segm_AP", "segm_AP50", "segm_AP75", "segm_APs", "segm_APm", "segm_APl"]
-    assert rows[1] == ["1.0", "1.0", "4.0", "2.0", "2500000", "bank", "30.0", "50.0", "31.0", "20.0", "30.0", "40.0",
+    assert rows[1] == ["1.0", "1.0", "1000", "4.0", "2.0", "2500000", "bank", "30.0", "50.0", "31.0", "20.0", "30.0", "40.0",
                        "25.0", "0.0", "0.0", "1.0", "2.0", "3.0"]
-    assert rows[2][:12] == ["0.25", "0.6", "1.0", "0.5", "2500000", "bank", "10.0", "30.0", "11.0", "0.0", "10.0", "20.0"]
-    assert rows[2][12:] == [""] * 6 and len(rows) == 3
+    assert rows[2][:13] == ["0.25", "0.6", "50", "1.0", "0.5", "2500000", "bank", "10.0", "30.0", "11.0", "0.0", "10.0",
+                            "20.0"]
+    assert rows[2][13:] == [""] * 6 and len(rows) == 3
     stamped = sorted(p.name for p in folder.glob("width_sweep_*"))
     assert len(stamped) == 2 and stamped[0].endswith(".csv") and stamped[1].endswith(".json")
     assert json.load(open(folder / stamped[1])) == records
@@ -181,13 +182,14 @@ def test_written_sweep_files_by_hand(tmp_path):
 def test_sweep_table_text_by_hand():
     from mutualnet_det.evaluation.width_sweep import format_sweep
 
-    records = [full_record(1.0, 1.0, 4.0, 30.0, segm_ap=25.0), full_record(0.25, 0.6, 1.0, 10.0)]
+    records = [full_record(1.0, 1.0, 4.0, 30.0, segm_ap=25.0), full_record(0.25, 0.6, 1.0, 10.0, proposals=50)]
     records[0]["params"] = 2_145_001  # 2.145001 M: "2.15" (a divisor a hair off 1e6 would print 2.14)
     lines = format_sweep(records).splitlines()
-    assert lines[0].split() == ["width", "scale", "GFLOPs", "GFLOPs", "bb", "params", "(M)", "box", "AP", "APs", "APl",
-                                "mask", "AP", "APs", "APl"]
-    assert lines[2].split() == ["1.00", "1.00", "4.00", "2.00", "2.15", "30.00", "20.00", "40.00", "25.00", "1.00", "3.00"]
-    assert lines[3].split() == ["0.25", "0.60", "1.00", "0.50", "2.50", "10.00", "0.00", "20.00", "nan", "nan", "nan"]
+    assert lines[0].split() == ["width", "scale", "proposals", "GFLOPs", "GFLOPs", "bb", "params", "(M)", "box", "AP",
+                                "APs", "APl", "mask", "AP", "APs", "APl"]
+    assert lines[2].split() == ["1.00", "1.00", "1000", "4.00", "2.00", "2.15", "30.00", "20.00", "40.00", "25.00", "1.00",
+                                "3.00"]
+    assert lines[3].split() == ["0.25", "0.60", "50", "1.00", "0.50", "2.50", "10.00", "0.00", "20.00", "nan", "nan", "nan"]
 
 
 def two_image_dataset(tmp_path):

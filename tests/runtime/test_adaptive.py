@@ -157,13 +157,13 @@ def simulated():
 
 def test_predictor_switches_from_the_bank_without_reloading_and_keeps_the_budget(simulated, monkeypatch):
     cfg, model, clock, state, bank_value = simulated
-    use_configuration = adaptive.use_configuration
+    apply_configuration = adaptive.apply_configuration
 
-    def timed_use_configuration(*args):  # a switch costs BANK_SWITCH_MS of simulated time
+    def timed_apply_configuration(*args):  # a switch costs BANK_SWITCH_MS of simulated time
         clock.now += BANK_SWITCH_MS / 1000
-        return use_configuration(*args)
+        return apply_configuration(*args)
 
-    monkeypatch.setattr(adaptive, "use_configuration", timed_use_configuration)
+    monkeypatch.setattr(adaptive, "apply_configuration", timed_apply_configuration)
     predictor = AdaptivePredictor(cfg, model, latency_table(PREDICTOR_MS), 50.0, clock=clock)
     weights = {name: p.data_ptr() for name, p in model.named_parameters()}
     image = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
