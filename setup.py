@@ -9,5 +9,7 @@ setup(
     # Detectron2 is not on PyPI: tools/install_detectron2.py installs it (see docs/installation.md).
     install_requires=["torch>=2.1", "torchvision", "fvcore", "pycocotools", "faster-coco-eval",
                       "matplotlib", "tqdm", "tabulate", "filelock"],
-    extras_require={"test": ["pytest"]},
+    # deploy: ONNX export (tools/export_width.py) and the ONNX Runtime predictor (runtime/exported.py);
+    # the tests check both, so "test" installs them too.
+    extras_require={"deploy": ["onnx", "onnxruntime"], "test": ["pytest", "onnx", "onnxruntime"]},
 )
