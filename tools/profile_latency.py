@@ -18,6 +18,7 @@ import sys
 import mutualnet_det  # noqa: F401  (registration; before other Detectron2 imports)
 from detectron2.utils.logger import setup_logger
 
+from mutualnet_det.benchmark.reports import shown_path
 from mutualnet_det.checkpoint import CheckpointError
 from mutualnet_det.evaluation.query_table import load_sweep, parse_metric
 from mutualnet_det.runtime.contention import usable_cpus
@@ -60,7 +61,7 @@ def main(argv=None):
     check_sweep_matches_model(cfg, model, sweep, images)
     table = profile_latency(cfg, model, sweep, images, threads=args.threads, warmup=args.warmup,
                             repeats_per_image=args.repeats_per_image, metric=metric)
-    table.update(weights=os.path.abspath(cfg.MODEL.WEIGHTS), sweep=os.path.abspath(sweep_path))
+    table.update(weights=shown_path(cfg.MODEL.WEIGHTS), sweep=shown_path(sweep_path))  # repository-relative inside it
     path = write_latency_table(table, args.output or os.path.dirname(os.path.abspath(sweep_path)))
     print(format_latency_table(table))
     print(f"{table['setting']} slimmable model on {table['device_name']} (torch threads "

@@ -22,6 +22,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from tqdm import tqdm
 
+from ..benchmark.reports import shown_path
 from .latency import configuration_of, fronts_by_threads, threads_of, validation_images
 
 FULL_CONFIGURATION = (1.0, 1.0)  # (width, resolution scale) of the fixed baseline
@@ -175,7 +176,7 @@ def stream_benchmark(cfg, model, table: Dict, table_path: str, budget_ms: float 
             "fixed_w1.0_s1.0": AdaptivePredictor(cfg, model, table, budget_ms, policy=FixedPolicy(full))}
     report = {"date": datetime.date.today().isoformat(), "device": table["device"], "device_name": table["device_name"],
               "setting": table["setting"],
-              "table": os.path.abspath(table_path), "weights": os.path.abspath(cfg.MODEL.WEIGHTS),
+              "table": shown_path(table_path), "weights": shown_path(cfg.MODEL.WEIGHTS),
               "metric": table["metric"], "table_threads": table_threads, "budget_ms": budget_ms, "frames": frames,
               "load_from_frame": load_from_frame,
               "load_threads": load_threads, "load_size": load_size, "summaries": {}, "per_frame": {},
