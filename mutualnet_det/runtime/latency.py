@@ -268,7 +268,7 @@ def profile_latency(cfg, model: nn.Module, sweep: Sequence[Dict], images: Sequen
     }
 
 
-CSV_COLUMNS = ("width", "resolution_scale", "threads", "latency_ms", "latency_iqr_ms", "gflops", "gflops_backbone")
+CSV_COLUMNS = ("width", "resolution_scale", "proposals", "threads", "latency_ms", "latency_iqr_ms", "gflops", "gflops_backbone")
 
 
 def _on_a_front(table: Dict) -> Callable[[Dict], bool]:
@@ -291,7 +291,7 @@ def write_latency_table(table: Dict, folder: str) -> str:
         writer.writerow(list(CSV_COLUMNS) + [f"{metric[0]}_{metric[1]}", "segm_AP", "on_front"])
         for r in table["configurations"]:
             row = {**r, "threads": threads_of(r, table)}
-            writer.writerow([row[c] for c in CSV_COLUMNS] + [metric_of(r, metric), r.get("segm", {}).get("AP"),
+            writer.writerow([row.get(c) for c in CSV_COLUMNS] + [metric_of(r, metric), r.get("segm", {}).get("AP"),
                                                              int(on_front(r))])
     return path
 

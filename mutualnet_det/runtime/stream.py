@@ -178,16 +178,46 @@ def stream_benchmark(cfg, model, table: Dict, table_path: str, budget_ms: float 
               "setting": table["setting"],
               "table": shown_path(table_path), "weights": shown_path(cfg.MODEL.WEIGHTS),
               "metric": table["metric"], "table_threads": table_threads, "budget_ms": budget_ms, "frames": frames,
-              "load_from_frame": load_from_frame,
-              "load_threads": load_threads, "load_size": load_size, "summaries": {}, "per_frame": {},
-              "load_average_at_start": {}}
+              "load_from_frame": load_from_frame, "load_threads": load_threads, "load_size": load_size}
+    return {**report, **run_streams(runs, stream, budget_ms, load_from_frame, lambda: make_load(load_threads, load_size))}
+
+
+def run_streams(runs: Dict, stream: Sequence, budget_ms: float, load_from_frame: int,
+                make_load: Callable[[], BackgroundLoad]) -> Dict:
+    """Each predictor of `runs` ({name: predictor}) over `stream`, a fresh load started before
+    `load_from_frame`: {"summaries", "per_frame", "load_average_at_start"} by name."""
+    result = {"summaries": {}, "per_frame": {}, "load_average_at_start": {}}
     for name, predictor in runs.items():
         tqdm.write(f"stream: {name}")
-        report["load_average_at_start"][name] = os.getloadavg()  # other work on the machine (1, 5, 15 min)
-        run = run_stream(predictor, stream, make_load(load_threads, load_size), load_from_frame)
-        report["summaries"][name] = summarize_stream(run, budget_ms, load_from_frame)
-        report["per_frame"][name] = frame_rows(run)
-    return report
+        result["load_average_at_start"][name] = os.getloadavg()  # other work on the machine (1, 5, 15 min)
+        run = run_stream(predictor, stream, make_load(), load_from_frame)
+        result["summaries"][name] = summarize_stream(run, budget_ms, load_from_frame)
+        result["per_frame"][name] = frame_rows(run)
+    return result
+
+
+def exported_stream_benchmark(predictors: Dict, table: Dict, images: Sequence, budget_ms: float = None,
+                              frames: int = 160, load_threads: int = 1, load_size: int = 512,
+                              make_load: Callable[[int, int], BackgroundLoad] = BackgroundLoad) -> Dict:
+    """stream_benchmark for exported configurations (runtime/exported.py): ExportedAdaptivePredictor
+    under the budget ("adaptive") and the fixed width 1.0 / scale 1.0 export ("fixed_w1.0_s1.0"),
+    on `images` cycled, with the same load, warm-up and report."""
+    from .adaptive import FixedPolicy
+    from .exported import ExportedAdaptivePredictor
+
+    full = fixed_baseline(table)
+    budget_ms = budget_ms or default_budget_ms(table)
+    warm_up = ExportedAdaptivePredictor(predictors, table, budget_ms, policy=FixedPolicy(full))
+    for image in images[:WARMUP_IMAGES]:
+        warm_up(image)
+    runs = {"adaptive": ExportedAdaptivePredictor(predictors, table, budget_ms),
+            "fixed_w1.0_s1.0": ExportedAdaptivePredictor(predictors, table, budget_ms, policy=FixedPolicy(full))}
+    report = {"date": datetime.date.today().isoformat(), "device": table["device"], "device_name": table["device_name"],
+              "setting": table["setting"], "metric": table["metric"], "table_threads": list(fronts_by_threads(table)),
+              "budget_ms": budget_ms, "frames": frames, "load_from_frame": frames // 2, "load_threads": load_threads,
+              "load_size": load_size}
+    stream = list(itertools.islice(itertools.cycle(images), frames))
+    return {**report, **run_streams(runs, stream, budget_ms, frames // 2, lambda: make_load(load_threads, load_size))}
 
 
 def _counts(counts: Dict) -> str:
@@ -199,7 +229,8 @@ def stream_markdown(report: Dict) -> str:
     the budget, mean metric, median ms with the load, switches, frames per thread count), the
     adaptive predictor's configurations, and the target (>= 90% within the budget where the fixed
     one keeps < 50%)."""
-    lines = [f"# Adaptive stream {report['date']} on {report['device_name']} ({report['setting']} slimmable model)", "",
+    what = report["setting"] if report["setting"].startswith("exported") else f"{report['setting']} slimmable model"
+    lines = [f"# Adaptive stream {report['date']} on {report['device_name']} ({what})", "",
              f"{report['frames']} validation images (cycled); latency table profiled at torch thread count(s) "
              f"{', '.join(map(str, report['table_threads']))}; budget {report['budget_ms']:.1f} ms per frame; from frame "
              f"{report['load_from_frame']} another process multiplies {report['load_size']}x{report['load_size']} "
