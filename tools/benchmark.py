@@ -19,6 +19,9 @@ memory of single, usnet and mutualnet. Writes JSON and Markdown to benchmarks/re
         # where inference time goes at each width (backbone, RPN, poolers, heads, NMS, mask
         # pasting) for a trained config (default: the main job's MutualNet, MODEL.WEIGHTS or
         # <OUTPUT_DIR>/model_final.pth; --weights W): stages_*.{json,md}
+    python tools/benchmark.py --export [--widths 1.0 0.25] [--num-images 8]
+        # stock Detectron2, the slimmable model, the frozen width, TorchScript and ONNX Runtime,
+        # image to Instances, for the same trained config: export_latency_*.{json,md}
 """
 import argparse
 import os
@@ -27,6 +30,7 @@ import mutualnet_det  # noqa: F401  (registration; before other Detectron2 impor
 import torch
 
 from mutualnet_det.benchmark.coco_cost import coco_cost_markdown, coco_cost_report
+from mutualnet_det.benchmark.export import export_latency_benchmark, export_latency_markdown
 from mutualnet_det.benchmark.inference import heads_inference_benchmark, inference_benchmark
 from mutualnet_det.benchmark.rescale import rescale_benchmark, rescale_markdown
 from mutualnet_det.benchmark.stages import profile_stages, stages_markdown
@@ -37,7 +41,7 @@ from mutualnet_det.benchmark.training import (METHODS, heads_training_benchmark,
                                               roi_align_benchmark, training_benchmark)
 from mutualnet_det.checkpoint import CheckpointError
 from mutualnet_det.engine.precision import cpu_has_fast_bfloat16
-from mutualnet_det.runtime.latency import load_trained, validation_images
+from mutualnet_det.runtime.latency import check_banked, load_trained, validation_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "Shapes", "mutualnet_mask_rcnn_R_18_FPN.yaml")
@@ -66,22 +70,28 @@ def main():
                         help="only the COCO config's cost on paper (--config-file defaults to the COCO MutualNet config)")
     parser.add_argument("--stages", action="store_true",
                         help="only inference time by stage at each width (--widths, --threads, --num-images, --scale)")
-    parser.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.5, 0.25])
+    parser.add_argument("--export", action="store_true",
+                        help="only deployment latency: stock Detectron2, slimmable, frozen, TorchScript, ONNX Runtime")
+    parser.add_argument("--widths", type=float, nargs="+", help="widths (--stages: 1.0 0.5 0.25; --export: 1.0 0.25)")
     parser.add_argument("--threads", type=int, nargs="+", metavar="N", help="torch thread counts (default: current)")
     parser.add_argument("--num-images", type=int, default=8, help="validation images per width, each timed 3 times (--stages)")
     parser.add_argument("--scale", type=float, default=1.0, help="resolution scale (--stages)")
     args = parser.parse_args()
-    if args.stages:
+    if args.stages or args.export:
         config = args.config_file if args.config_file != DEFAULT_CONFIG else MAIN_JOB_CONFIG
+        widths = args.widths or ([1.0, 0.5, 0.25] if args.stages else [1.0, 0.25])
         try:
-            cfg, model = load_trained(config, ["MODEL.DEVICE", args.device], args.weights)
+            cfg, model = load_trained(config, ["MODEL.DEVICE", "cpu" if args.export else args.device], args.weights)
+            check_banked(model, [(width, args.scale if args.stages else 1.0) for width in widths])
         except (ValueError, CheckpointError) as error:
             parser.error(str(error))
-        try:
-            records = profile_stages(cfg, model, validation_images(cfg, args.num_images), args.widths, args.scale,
-                                     args.threads, repeats_per_image=3)
-        except ValueError as error:  # a width or scale the checkpoint has no statistics for
-            parser.error(str(error))
+        images = validation_images(cfg, args.num_images)
+        if args.export:
+            report = new_report("cpu", config, weights=shown_path(cfg.MODEL.WEIGHTS), num_images=args.num_images,
+                                repeats_per_image=3, export_latency=export_latency_benchmark(cfg, model, images, widths))
+            write_report(report, args.output, "export_latency_", export_latency_markdown)
+            return
+        records = profile_stages(cfg, model, images, widths, args.scale, args.threads, repeats_per_image=3)
         report = new_report(args.device, config, weights=shown_path(cfg.MODEL.WEIGHTS), num_images=args.num_images,
                             repeats_per_image=3, resolution_scale=args.scale, stages=records)
         write_report(report, args.output, "stages_", stages_markdown)

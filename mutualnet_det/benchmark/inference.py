@@ -33,6 +33,7 @@ def stock_model(cfg, device):
     from ..modeling.roi_align import swap_roi_align
 
     stock_cfg = cfg.clone()
+    stock_cfg.defrost()
     stock_cfg.MODEL.META_ARCHITECTURE, stock_cfg.MODEL.BACKBONE.NAME = "GeneralizedRCNN", "build_resnet_fpn_backbone"
     stock = build_model(stock_cfg).to(device).eval()
     swap_roi_align(stock, cfg.MUTUALNET.CPU_ROI_ALIGN == "gather")

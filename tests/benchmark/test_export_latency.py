@@ -1,0 +1,32 @@
+"""The deployment latency benchmark's rows: every runtime at every width (stock Detectron2 at
+width 1.0 only), each timed through a predictor that returns detections, ratios to stock by hand."""
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from mutualnet_det.benchmark.export import RUNTIMES, export_latency_benchmark, export_latency_markdown  # noqa: E402
+from mutualnet_det.runtime.latency import validation_images  # noqa: E402
+
+from deploy.test_freeze import trained_like  # noqa: E402
+
+
+def test_rows_per_runtime_and_width_with_ratios_to_stock():
+    cfg, model = trained_like(18)
+    images = validation_images(cfg, 2)
+    outputs, fake_ms = [], iter(range(10, 200, 10))
+
+    def timer(function, device, warmup, repeats):  # runs the predictor once, simulates its time
+        outputs.append(function())
+        value = float(next(fake_ms))
+        return {"median_ms": value, "min_ms": value, "max_ms": value, "iqr_ms": 0.0, "repeats": repeats}
+
+    rows = export_latency_benchmark(cfg, model, images, widths=(1.0, 0.25), timer=timer)
+    assert [(r["runtime"], r["width"]) for r in rows] == [("stock Detectron2", 1.0)] + \
+        [(runtime, width) for width in (1.0, 0.25) for runtime in RUNTIMES[1:]]
+    assert [r["of_stock"] for r in rows] == pytest.approx([r["median_ms"] / 10.0 for r in rows])
+    detections = [len(o[0]["instances"] if isinstance(o, list) else o["instances"]) for o in outputs]
+    assert all(count > 0 for count in detections)  # every runtime ran the model and found something
+    assert detections[1:5] == [detections[1]] * 4  # width 1.0: the four runtimes agree on the count
+    text = export_latency_markdown({"date": "d", "device_name": "cpu", "config": "c", "weights": "w", "num_images": 2,
+                                    "repeats_per_image": 3, "export_latency": rows})
+    assert "| stock Detectron2 | 10.0 (1.00) | - |" in text and "| ONNX Runtime | 50.0 (5.00) | 90.0 (9.00) |" in text
