@@ -85,10 +85,15 @@ def roi_align_by_gather(features: torch.Tensor, rois: torch.Tensor, spatial_scal
 
 class GatherROIAlign(ROIAlign):
     """Detectron2's ROIAlign whose aligned, fixed-sampling-ratio CPU case runs
-    `roi_align_by_gather` (see the module docstring); every other case is ROIAlign's."""
+    `roi_align_by_gather` (see the module docstring) when a gradient will flow to the features
+    (training); every other case is ROIAlign's. Forward only (inference, BN calibration),
+    torchvision's kernel is the faster one: 1.4-2.5x at the poolers' sizes of the embedded and
+    COCO configs on one CPU thread (1,000 boxes at 7 x 7, 100 at 14 x 14), where the gather wins by
+    its backward."""
 
     def forward(self, input, rois):
-        if not (input.device.type == "cpu" and self.aligned and self.sampling_ratio > 0):
+        gradient = torch.is_grad_enabled() and input.requires_grad
+        if not (gradient and input.device.type == "cpu" and self.aligned and self.sampling_ratio > 0):
             return super().forward(input, rois)
         assert rois.dim() == 2 and rois.size(1) == 5
         if input.is_quantized:

@@ -47,7 +47,7 @@ def test_gather_matches_torchvision_in_float64(output_size, sampling_ratio, spat
 
 def test_module_in_float32_bfloat16_and_fallbacks():
     generator = torch.Generator().manual_seed(1)
-    features = torch.randn(2, 8, 20, 20, generator=generator)
+    features = torch.randn(2, 8, 20, 20, generator=generator).requires_grad_()  # training: the gather runs
     rois = random_rois(40, 2, 80.0, generator)
     gather, stock = GatherROIAlign((7, 7), 1 / 4, 2, aligned=True), ROIAlign((7, 7), 1 / 4, 2, aligned=True)
     # float32: sample coordinates rounded in another order, so agreement to ~1e-5 of values ~N(0, 1)
@@ -76,8 +76,8 @@ def test_swapped_pooler_matches_detectron2_pooler():
     pools what Detectron2's does."""
     generator = torch.Generator().manual_seed(2)
     scales, image_size = (1 / 4, 1 / 8, 1 / 16, 1 / 32), 512
-    features = [torch.randn(2, 6, int(image_size * s), int(image_size * s), generator=generator, dtype=torch.float64)
-                for s in scales]
+    features = [torch.randn(2, 6, int(image_size * s), int(image_size * s), generator=generator, dtype=torch.float64,
+                            requires_grad=True) for s in scales]  # training: the gather runs
     boxes = []
     for _ in range(2):
         size = 2 ** (2 + 7 * torch.rand(40, 2, generator=generator, dtype=torch.float64))
@@ -93,6 +93,27 @@ def test_swapped_pooler_matches_detectron2_pooler():
     assert swap_roi_align(swapped, gather=True) == 0  # already swapped
     assert swap_roi_align(swapped, gather=False) == 4
     assert all(type(align) is ROIAlign for align in swapped.level_poolers)
+
+
+def test_the_gather_runs_only_where_a_gradient_flows(monkeypatch):
+    """Forward only (inference, calibration) torchvision's kernel is faster on CPU: GatherROIAlign
+    is then ROIAlign bit for bit, and the gather runs only with a gradient to the features."""
+    import mutualnet_det.modeling.roi_align as module
+
+    calls = []
+    gather_function = module.roi_align_by_gather
+    monkeypatch.setattr(module, "roi_align_by_gather", lambda *a: calls.append(1) or gather_function(*a))
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(1, 8, 20, 20, generator=generator)
+    rois = random_rois(30, 1, 80.0, generator)
+    gather, stock = GatherROIAlign((7, 7), 1 / 4, 2, aligned=True), ROIAlign((7, 7), 1 / 4, 2, aligned=True)
+    assert torch.equal(gather(features, rois), stock(features, rois)) and calls == []
+    trainable = features.clone().requires_grad_()
+    with torch.no_grad():
+        assert torch.equal(gather(trainable, rois), stock(features, rois)) and calls == []
+    pooled = gather(trainable, rois)
+    assert calls == [1] and pooled.requires_grad
+    torch.testing.assert_close(pooled, stock(features, rois), rtol=1e-4, atol=1e-4)
 
 
 def test_config_key_chooses_the_poolers():
