@@ -9,6 +9,8 @@ Detectron2 is not published on PyPI. This script:
      `_C` is for CPython 3.10 and is dropped; `mutualnet_det` supplies a stand-in (see
      `mutualnet_det/compat.py`).
 Run with the interpreter of the target environment: `python tools/install_detectron2.py`.
+`python tools/install_detectron2.py --wheel-into DIR` only writes the checked, re-packed wheel into
+DIR (tools/build_wheelhouse.sh).
 """
 import hashlib
 import importlib.util
@@ -51,7 +53,9 @@ def try_source_build(source):
         return False
 
 
-def install_pinned_wheel():
+def pinned_pure_wheel(folder):
+    """Download the pinned wheel into `folder`, check its sha256, re-pack it as a pure-Python
+    wheel there (the CPython-3.10 extension and its RECORD line dropped); return its path."""
     with tempfile.TemporaryDirectory() as tmp:
         pip("download", "--no-deps", "--only-binary", ":all:", "--python-version", "3.10",
             PINNED_WHEEL, "-d", tmp)
@@ -62,8 +66,7 @@ def install_pinned_wheel():
         if digest != PINNED_SHA256:
             sys.exit(f"[install_detectron2] sha256 of {name} is {digest}, expected {PINNED_SHA256}: "
                      "refusing to install an unverified re-publication of Detectron2.")
-        # Re-pack as a pure-Python wheel: drop the CPython-3.10 extension and its RECORD line.
-        pure = os.path.join(tmp, name.replace("-cp310-none-any", "-py3-none-any"))
+        pure = os.path.join(folder, name.replace("-cp310-none-any", "-py3-none-any"))
         with zipfile.ZipFile(path) as src, zipfile.ZipFile(pure, "w", zipfile.ZIP_DEFLATED) as dst:
             for item in src.infolist():
                 if item.filename.endswith(".so"):
@@ -74,10 +77,18 @@ def install_pinned_wheel():
                 if item.filename.endswith(".dist-info/WHEEL"):
                     data = data.replace(b"cp310-cp310-linux_x86_64", b"py3-none-any")
                 dst.writestr(item, data)
-        pip("install", "--no-deps", pure)
+    return pure
+
+
+def install_pinned_wheel():
+    with tempfile.TemporaryDirectory() as tmp:
+        pip("install", "--no-deps", pinned_pure_wheel(tmp))
 
 
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--wheel-into":  # tools/build_wheelhouse.sh
+        print(pinned_pure_wheel(sys.argv[2]))
+        return
     if detectron2_importable():
         print("[install_detectron2] Detectron2 is already importable; keeping it.")
     else:
