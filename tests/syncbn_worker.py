@@ -2,7 +2,9 @@
 
 Usage: python syncbn_worker.py OUTPUT_DIR. Each rank calibrates a conv + SyncBN model on its own
 batches (rank-dependent sizes and distributions) at widths 1.0 and 0.5 and writes rank<r>.pt with
-the banked statistics and the BN inputs it saw; the test recomputes the global statistics.
+the banked statistics and the BN inputs it saw; the test recomputes the global statistics. Each
+rank also runs one training-mode forward and backward of SyncBN on a channel slice (float32 and
+bfloat16) and records its output, gradients, the tensors autograd saved and the host reads.
 """
 import os
 import sys
@@ -17,6 +19,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from detectron2.engine import launch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
 from mutualnet_det.bn_calibration import BNStatsBank, calibrate_bn  # noqa: E402
@@ -42,6 +45,43 @@ def rank_batches(rank):
     size = 2 + rank
     return [[{"image": torch.randn(3, 12, 12, generator=generator) * (1 + rank + b) + 5 * rank - b}
              for _ in range(size)] for b in range(NUM_BATCHES)]
+
+
+class HostReads(TorchDispatchMode):
+    """Counts reads of a tensor's value on the host (`.item()`, `float(t)`, `if t:`): on CUDA each
+    one waits for the GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def training_step(rank, dtype):
+    """SyncBN (16 channels, run on the first 8) in training on this rank's input: output, input and
+    parameter gradients for a fixed random upstream gradient, running statistics, host reads and
+    (dtype, size) of every tensor autograd saved for backward."""
+    generator = torch.Generator().manual_seed(200 + rank)
+    x = (torch.randn(2 + rank, 8, 5, 6, generator=generator) * (2 + rank) + rank).to(dtype).requires_grad_()
+    upstream = torch.randn(x.shape, generator=generator).to(dtype)
+    torch.manual_seed(1)
+    norm = SlimmableSyncBatchNorm(16, momentum=0.1).train()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    saved = []
+    reads = HostReads()
+    with reads:
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((t.dtype, t.numel())) or t, lambda t: t):
+            output = norm(x)
+        (output.float() * upstream.float()).sum().backward()
+    return {"x": x.detach(), "upstream": upstream, "output": output.detach(), "grad_x": x.grad,
+            "grad_weight": norm.weight.grad, "grad_bias": norm.bias.grad, "weight": norm.weight.detach(),
+            "bias": norm.bias.detach(), "running_mean": norm.running_mean, "running_var": norm.running_var,
+            "host_reads": reads.count, "saved": saved}
 
 
 def main(output_dir):
@@ -74,6 +114,7 @@ def main(output_dir):
         output = norm(bf16_input)
     saved["amp"] = {"output_dtype": output.dtype, "bn_input": bf16_input.float(),
                     "mean": norm.running_mean.clone(), "var": norm.running_var.clone()}
+    saved["step"] = {dtype: training_step(rank, dtype) for dtype in (torch.float32, torch.bfloat16)}
     torch.save(saved, os.path.join(output_dir, f"rank{rank}.pt"))
     # both ranks done, then an explicit gloo teardown rather than one left to interpreter exit: the
     # test failed 2 times in about 45 (loaded machine) with one rank dying of "terminate called

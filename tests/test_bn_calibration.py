@@ -101,15 +101,22 @@ def test_bank_applies_each_configuration_and_survives_a_checkpoint():
     assert use_configuration(restored, 0.25, 1.0, lambda scale: iter(data), num_batches=2) == "calibrated"
 
 
-def test_syncbn_calibration_in_two_processes_gives_global_cumulative_statistics(tmp_path):
+@pytest.fixture(scope="module")
+def syncbn_ranks(tmp_path_factory):
+    """What each of two gloo processes of tests/syncbn_worker.py recorded (one run per module)."""
+    folder = tmp_path_factory.mktemp("syncbn")
+    worker = os.path.join(os.path.dirname(__file__), "syncbn_worker.py")
+    run = subprocess.run([sys.executable, worker, str(folder)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def test_syncbn_calibration_in_two_processes_gives_global_cumulative_statistics(syncbn_ranks):
     """Two gloo processes with different batch sizes and distributions: the banked statistics are
     the average over batches of the global (all-rank, pooled) batch mean and unbiased variance,
     at full width and on a channel slice, on both ranks."""
-    worker = os.path.join(os.path.dirname(__file__), "syncbn_worker.py")
-    run = subprocess.run([sys.executable, worker, str(tmp_path)], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert run.returncode == 0, run.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = syncbn_ranks
     assert ranks[0]["world_size"] == 2
     for width in (1.0, 0.5):
         means, variances = [], []
@@ -136,6 +143,44 @@ def test_syncbn_calibration_in_two_processes_gives_global_cumulative_statistics(
         assert rank["amp"]["output_dtype"] == torch.bfloat16
         assert torch.allclose(rank["amp"]["mean"], pooled.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-4)
         assert torch.allclose(rank["amp"]["var"], pooled.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_syncbn_training_step_in_two_processes_equals_batch_norm_of_the_pooled_batch(syncbn_ranks, dtype):
+    """SyncBN on a channel slice (8 of 16) over two ranks with 2 and 3 images against torch's
+    batch norm of the two batches concatenated in one process: outputs, input gradients (of the
+    sum of both ranks' losses), weight and bias gradients (the ranks' shares sum to the pooled
+    one) and running statistics. No value is read on the host, and autograd keeps no float32 copy
+    of a bfloat16 input for backward."""
+    steps = [rank["step"][dtype] for rank in syncbn_ranks]
+    x = torch.cat([step["x"].float() for step in steps]).requires_grad_()
+    upstream = torch.cat([step["upstream"].float() for step in steps])
+    weight = steps[0]["weight"][:8].clone().requires_grad_()
+    bias = steps[0]["bias"][:8].clone().requires_grad_()
+    running_mean, running_var = torch.zeros(8), torch.ones(8)
+    output = F.batch_norm(x, running_mean, running_var, weight, bias, training=True, momentum=0.1, eps=1e-5)
+    (output * upstream).sum().backward()
+    rtol, atol = (1e-5, 1e-5) if dtype == torch.float32 else (2e-2, 2e-2)  # bfloat16: 8 significant bits
+    outputs = torch.split(output.detach(), [2, 3])
+    grads = torch.split(x.grad, [2, 3])
+    for step, expected_output, expected_grad in zip(steps, outputs, grads):
+        assert step["output"].dtype == step["grad_x"].dtype == dtype
+        assert torch.allclose(step["output"].float(), expected_output, rtol=rtol, atol=atol)
+        assert torch.allclose(step["grad_x"].float(), expected_grad, rtol=rtol, atol=atol)
+        assert torch.allclose(step["running_mean"][:8], running_mean, rtol=1e-4, atol=1e-4)
+        assert torch.allclose(step["running_var"][:8], running_var, rtol=1e-3 if dtype == torch.float32 else 2e-2)
+        assert torch.equal(step["running_mean"][8:], torch.zeros(8))  # channels not run: untouched
+        assert step["grad_weight"][8:].abs().sum() == 0
+        assert step["host_reads"] == 0
+    grad_weight = steps[0]["grad_weight"][:8] + steps[1]["grad_weight"][:8]
+    grad_bias = steps[0]["grad_bias"][:8] + steps[1]["grad_bias"][:8]
+    assert torch.allclose(grad_weight, weight.grad, rtol=1e-4, atol=1e-4 if dtype == torch.float32 else 0.1)
+    assert torch.allclose(grad_bias, bias.grad, rtol=1e-4, atol=1e-4 if dtype == torch.float32 else 0.1)
+    if dtype == torch.bfloat16:
+        for step in steps:
+            input_size = step["x"].numel()
+            kept = [(saved_dtype, size) for saved_dtype, size in step["saved"] if size == input_size]
+            assert (torch.bfloat16, input_size) in kept and (torch.float32, input_size) not in kept, kept
 
 
 def test_calibration_images_have_the_evaluated_sizes():

@@ -16,10 +16,10 @@ Parameter names and shapes are those of the wrapped Detectron2 layers, so checkp
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from detectron2.layers import Conv2d, FrozenBatchNorm2d, NaiveSyncBatchNorm
-from detectron2.layers.batch_norm import differentiable_all_reduce
 from detectron2.utils import comm
 
 from ..width import ChannelRule, SlimmableLayer
@@ -120,43 +120,85 @@ class SlimmableBatchNorm2d(nn.BatchNorm2d):
         )
 
 
+class _GlobalBatchNorm(torch.autograd.Function):
+    """Training-mode batch norm over the batch of all ranks, as torch's SyncBatchNorm computes it:
+    per-channel sums and sums of squares in float32, one all-reduce forward and one backward.
+
+    Only the input (in its own dtype, float16 under AMP) and per-channel vectors are saved for
+    backward; the float32 views of the input are temporaries of each pass. No value is read on
+    the host (no `.item()`, no `float(tensor)`), so a CUDA step does not wait at each layer.
+    Returns (output in the input's dtype, batch mean, biased batch variance, global count).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        channels = x.shape[1]
+        x32 = x.float()
+        local = torch.cat([x32.sum(dim=[0, 2, 3]), (x32 * x32).sum(dim=[0, 2, 3]),
+                           x32.new_full((1,), float(x.numel() // channels))])  # from the shape: no sync
+        dist.all_reduce(local)
+        sum_, sumsqr, global_count = torch.split(local, [channels, channels, 1])
+        count = global_count.clamp(min=1)
+        mean = sum_ / count
+        var = (sumsqr / count - mean * mean).clamp(min=0)
+        invstd = torch.rsqrt(var + eps)
+        scale = weight.float() * invstd
+        output = x32 * scale.reshape(1, -1, 1, 1) + (bias.float() - mean * scale).reshape(1, -1, 1, 1)
+        ctx.save_for_backward(x, weight, mean, invstd, count)
+        global_count = global_count.clone()
+        ctx.mark_non_differentiable(mean, var, global_count)
+        return output.to(x.dtype), mean, var, global_count
+
+    @staticmethod
+    def backward(ctx, grad_output, _grad_mean, _grad_var, _grad_count):
+        x, weight, mean, invstd, count = ctx.saved_tensors
+        dy = grad_output.float()
+        x_hat = (x.float() - mean.reshape(1, -1, 1, 1)) * invstd.reshape(1, -1, 1, 1)
+        sum_dy = dy.sum(dim=[0, 2, 3])
+        sum_dy_x_hat = (dy * x_hat).sum(dim=[0, 2, 3])
+        grad_weight = sum_dy_x_hat.to(weight.dtype)  # this rank's share; DDP averages the ranks'
+        grad_bias = sum_dy.to(weight.dtype)
+        grad_input = None
+        if ctx.needs_input_grad[0]:
+            reduced = torch.cat([sum_dy, sum_dy_x_hat])
+            dist.all_reduce(reduced)  # the input's gradient depends on every rank's dy
+            mean_dy, mean_dy_x_hat = (reduced / count).reshape(2, 1, -1, 1, 1)
+            scale = (weight.float() * invstd).reshape(1, -1, 1, 1)
+            grad_input = ((dy - mean_dy - x_hat * mean_dy_x_hat) * scale).to(x.dtype)
+        return grad_input, grad_weight, grad_bias, None
+
+
 class SlimmableSyncBatchNorm(SlimmableBatchNorm2d):
-    """SyncBN on a channel slice: batch statistics over all ranks (as Detectron2's
-    NaiveSyncBatchNorm, weighted by each rank's element count), running statistics updated like
+    """SyncBN on a channel slice: batch statistics over all ranks (each rank weighted by its
+    element count, as Detectron2's NaiveSyncBatchNorm), running statistics updated like
     single-process BN: exponential average with `momentum`, or, with momentum=None (BN
     calibration), the cumulative average over batches. The running variance is the unbiased
     global variance (N / (N - 1) with N the element count over all ranks), as nn.BatchNorm2d keeps;
-    the normalisation itself uses the biased one, as BN does in training."""
+    the normalisation itself uses the biased one, as BN does in training. Statistics are float32
+    under AMP; nothing is read on the host, so there is no synchronisation per layer on CUDA."""
 
     def forward(self, x):
         if comm.get_world_size() == 1 or not self.training:
             return super().forward(x)
-        input_dtype = x.dtype
-        x = x.float()  # statistics in float32 under AMP (float16 sums and counts overflow)
         channels = x.shape[1]
-        count = x.numel() // channels
-        local = torch.cat([x.sum(dim=[0, 2, 3]), (x * x).sum(dim=[0, 2, 3]),
-                           x.new_full((1,), float(count))])
-        total = differentiable_all_reduce(local)
-        sum_, sumsqr, global_count = torch.split(total, [channels, channels, 1])
-        num_values = float(global_count)
-        global_count = global_count.clamp(min=1)
-        mean = sum_ / global_count
-        var = (sumsqr / global_count - mean * mean).clamp(min=0)
-        scale = self.weight[:channels] * torch.rsqrt(var + self.eps)
-        shift = self.bias[:channels] - mean * scale
-        if self.track_running_stats and num_values > 0:  # no values on any rank: nothing to learn
-            self._update_running_stats(mean.detach(), var.detach(), num_values)
-        return (x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)).to(input_dtype)
+        output, mean, var, count = _GlobalBatchNorm.apply(x, self.weight[:channels], self.bias[:channels], self.eps)
+        if self.track_running_stats:
+            self._update_running_stats(mean, var, count)
+        return output
 
     @torch.no_grad()
     def _update_running_stats(self, mean, biased_var, count):
+        """In place, on the device: a batch with no values on any rank (count 0) changes nothing."""
         channels = mean.shape[0]
-        self.num_batches_tracked.add_(1)
-        momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        unbiased_var = biased_var * (count / max(count - 1.0, 1.0))
-        self.running_mean[:channels].lerp_(mean, momentum)
-        self.running_var[:channels].lerp_(unbiased_var, momentum)
+        has_values = count > 0
+        self.num_batches_tracked.add_(has_values.to(self.num_batches_tracked.dtype).squeeze(0))
+        if self.momentum is not None:
+            momentum = has_values.float() * self.momentum
+        else:  # cumulative average: 1 / (batches seen, this one included)
+            momentum = has_values.float() / self.num_batches_tracked.clamp(min=1).float()
+        unbiased_var = biased_var * (count / (count - 1.0).clamp(min=1.0))
+        self.running_mean[:channels].lerp_(mean, momentum.to(mean.dtype))
+        self.running_var[:channels].lerp_(unbiased_var, momentum.to(mean.dtype))
 
 
 class SlimmableFrozenBatchNorm2d(FrozenBatchNorm2d):
