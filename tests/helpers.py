@@ -34,6 +34,11 @@ def tiny_cfg(**overrides):
     return cfg
 
 
+# The in-training width sweep of tests/engine/ddp_worker.py --sweep, which its test re-evaluates.
+DDP_SWEEP_OVERRIDES = {"DATASETS.TEST": ("shapes_val",), "MUTUALNET.BN_CALIB.AFTER_TRAIN": True,
+                       "MUTUALNET.TEST.WIDTHS": (1.0, 0.25), "MUTUALNET.TEST.RESOLUTION_SCALES": (1.0,)}
+
+
 def toy_batch(num_images=2, size=64, seed=0):
     """Detectron2 training inputs: random images, two boxes each with filled bitmasks."""
     generator = torch.Generator().manual_seed(seed)

@@ -1,7 +1,9 @@
 """Two-process data-parallel training on CPU (gloo) through Detectron2's launch.
 
-Usage: python ddp_worker.py OUTPUT_DIR. Each rank writes rank<r>.pt with the cohorts it drew and
-its final parameters; the test checks the ranks agree.
+Usage: python ddp_worker.py OUTPUT_DIR [--sweep]. Each rank writes rank<r>.pt with the cohorts it
+drew and its final parameters; the test checks the ranks agree. With --sweep the training ends as a
+real one does: BN calibration of plain BN on both ranks' shards, the bank saved in model_final.pth,
+and the width sweep on shapes_val (written to OUTPUT_DIR/inference/shapes_val/width_sweep.json).
 """
 import os
 import sys
@@ -15,14 +17,14 @@ import mutualnet_det  # noqa: E402,F401
 import torch  # noqa: E402
 from detectron2.engine import launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
-from helpers import tiny_cfg  # noqa: E402
+from helpers import DDP_SWEEP_OVERRIDES, tiny_cfg  # noqa: E402
 
 from mutualnet_det.engine.trainer import MutualNetTrainer  # noqa: E402
 
 
-def main(output_dir):
-    cfg = tiny_cfg(**{"OUTPUT_DIR": output_dir, "SOLVER.MAX_ITER": 3, "SOLVER.IMS_PER_BATCH": 4,
-                      "DATASETS.TEST": (), "MUTUALNET.BN_CALIB.AFTER_TRAIN": False})
+def main(output_dir, sweep=False):
+    overrides = DDP_SWEEP_OVERRIDES if sweep else {"DATASETS.TEST": (), "MUTUALNET.BN_CALIB.AFTER_TRAIN": False}
+    cfg = tiny_cfg(**{"OUTPUT_DIR": output_dir, "SOLVER.MAX_ITER": 3, "SOLVER.IMS_PER_BATCH": 4, **overrides})
     trainer = MutualNetTrainer(cfg)
     drawn = []
     sampler = trainer._trainer.cohort_of
@@ -30,9 +32,10 @@ def main(output_dir):
     trainer.train()
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
     torch.save({"world_size": comm.get_world_size(), "is_ddp": hasattr(trainer.model, "module"),
-                "cohorts": drawn, "params": {k: v.detach().clone() for k, v in model.named_parameters()}},
+                "cohorts": drawn, "params": {k: v.detach().clone() for k, v in model.named_parameters()},
+                "bank": {key: dict(entry) for key, entry in model.bn_stats_bank.bank.items()}},
                os.path.join(output_dir, f"rank{comm.get_rank()}.pt"))
 
 
 if __name__ == "__main__":
-    launch(main, 2, dist_url="auto", args=(sys.argv[1],))
+    launch(main, 2, dist_url="auto", args=(sys.argv[1], "--sweep" in sys.argv[2:]))

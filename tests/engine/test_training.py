@@ -7,8 +7,9 @@ import sys
 import pytest
 import torch
 from detectron2.engine import HookBase
-from helpers import tiny_cfg
+from helpers import DDP_SWEEP_OVERRIDES, tiny_cfg
 
+from mutualnet_det.checkpoint import load_weights
 from mutualnet_det.engine.trainer import MutualNetTrainer, cohort_sampler
 
 
@@ -78,6 +79,40 @@ def test_two_process_gloo_training(tmp_path):
     # each rank saw different images; identical parameters after 3 steps mean gradients were all-reduced
     for name, value in rank0["params"].items():
         assert torch.allclose(value, rank1["params"][name], atol=1e-6), name
+
+
+def test_two_process_sweep_banks_one_set_of_statistics_and_equals_a_re_evaluation(tmp_path):
+    """Plain BN on two gloo processes, each calibrating on its own shard: both ranks bank the same
+    statistics, and the in-training width sweep (both ranks scoring their shard of shapes_val)
+    gives the metrics of a one-process re-evaluation of the saved model_final.pth."""
+    worker = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
+    result = subprocess.run([sys.executable, worker, str(tmp_path), "--sweep"], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert sorted(rank0["bank"]) == sorted(rank1["bank"]) == ["w0p2500_s1p0000", "w1p0000_s1p0000"]
+    for key, entry in rank0["bank"].items():
+        for name, value in entry.items():
+            assert torch.equal(value, rank1["bank"][key][name]), (key, name)
+    with open(tmp_path / "inference" / "shapes_val" / "width_sweep.json") as f:
+        in_training = {(r["width"], r["resolution_scale"]): r for r in json.load(f)}
+
+    cfg = tiny_cfg(**{"OUTPUT_DIR": str(tmp_path / "re_evaluation"), "MODEL.WEIGHTS": str(tmp_path / "model_final.pth"),
+                      **DDP_SWEEP_OVERRIDES})
+    model = MutualNetTrainer.build_model(cfg)
+    load_weights(model, cfg.MODEL.WEIGHTS, cfg)
+    re_evaluated = MutualNetTrainer.test(cfg, model)
+    assert len(re_evaluated) == len(in_training) == 2
+    compared = 0
+    for (width, scale), record in in_training.items():
+        assert record["bn_stats"] in ("bank", "calibrated")
+        again = re_evaluated[f"shapes_val/w{width:g}_s{scale:g}"]
+        for task in ("bbox", "segm"):
+            for metric, value in record[task].items():
+                if value == value:  # NaN (a category absent from the images) equals nothing
+                    assert again[task][metric] == pytest.approx(value, abs=1e-6), (width, task, metric)
+                    compared += value > 0
+    assert compared > 0  # some metric above 0: equal metrics are not both zero
 
 
 def test_adamw_has_detectron2s_parameter_groups_and_an_unknown_optimizer_is_refused():
