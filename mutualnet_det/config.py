@@ -14,6 +14,7 @@ logger = logging.getLogger(__name__)
 
 TRAIN_METHODS = ("mutualnet", "usnet", "single")
 OPTIMIZERS = ("SGD", "AdamW")
+AMP_DTYPES = ("", "float16", "bfloat16")  # MUTUALNET.TRAIN.AMP_DTYPE ("": the device's usual one)
 DISTILL_MODES = ("soft_labels", "add")
 CPU_ROI_ALIGNS = ("gather", "torchvision")
 MASK_PASTES = ("vectorized", "detectron2")
@@ -69,6 +70,9 @@ def add_mutualnet_config(cfg):
     # parameter separately and would act on a cohort's summed gradient unlike on one model's:
     # keep it disabled when comparing methods. The norm before clipping is logged as grad_norm.
     _C.MUTUALNET.TRAIN.CLIP_GRAD_NORM_PER_MEMBER = 0.0
+    # With SOLVER.AMP.ENABLED: the autocast dtype. "" = the device's usual one (float16 with a
+    # GradScaler on CUDA, bfloat16 on CPU); "bfloat16" also on CUDA (no scaler: float32's range).
+    _C.MUTUALNET.TRAIN.AMP_DTYPE = ""
     # Seed of the cohort sequence (iteration i uses seed (SEED, i)); -1: use cfg.SEED, or 0.
     _C.MUTUALNET.TRAIN.COHORT_SEED = -1
 
@@ -138,6 +142,8 @@ def validate_mutualnet_config(cfg):
     if not train.CLIP_GRAD_NORM_PER_MEMBER >= 0:
         raise ValueError(f"MUTUALNET.TRAIN.CLIP_GRAD_NORM_PER_MEMBER={train.CLIP_GRAD_NORM_PER_MEMBER} must be "
                          ">= 0 (0 = no clipping)")
+    if train.AMP_DTYPE not in AMP_DTYPES:
+        raise ValueError(f"MUTUALNET.TRAIN.AMP_DTYPE={train.AMP_DTYPE!r} is unknown; accepted: {AMP_DTYPES}")
     if train.DISTILL_WEIGHT < 0:
         raise ValueError(f"MUTUALNET.TRAIN.DISTILL_WEIGHT={train.DISTILL_WEIGHT} must be >= 0")
     if node.BN_CALIB.NUM_BATCHES < 1:

@@ -3,7 +3,8 @@
 With SOLVER.AMP.ENABLED the forward passes of every cohort member run under autocast: float16 with
 one GradScaler per iteration on CUDA (each member's loss scaled, gradients unscaled once before
 the gradient norm and clipping, one optimizer step that GradScaler skips on inf/NaN, one scaler
-update), bfloat16 without a scaler on CPU (bfloat16 has float32's exponent range). Without it,
+update), bfloat16 without a scaler on CPU (bfloat16 has float32's exponent range), or bfloat16
+on CUDA too with MUTUALNET.TRAIN.AMP_DTYPE bfloat16. Without it,
 float32. The trainer asks this object what to do and never which precision is on.
 """
 import contextlib
@@ -55,22 +56,27 @@ class StepPrecision:
             self.grad_scaler.load_state_dict(state["grad_scaler"])
 
 
-def step_precision(amp_enabled: bool, device: torch.device) -> StepPrecision:
-    """float16 + GradScaler on CUDA, bfloat16 on CPU when `amp_enabled`; float32 otherwise."""
+def step_precision(amp_enabled: bool, device: torch.device, amp_dtype: str = "") -> StepPrecision:
+    """float32 unless `amp_enabled`; then `amp_dtype` (MUTUALNET.TRAIN.AMP_DTYPE), by default
+    float16 + GradScaler on CUDA and bfloat16 on CPU. bfloat16 never needs a scaler; float16 on
+    CPU is refused (its autocast there is slow and unscaled)."""
     device_type = torch.device(device).type
     if not amp_enabled:
         return StepPrecision(device_type)
-    if device_type == "cuda":
+    if device_type not in ("cuda", "cpu"):
+        raise ValueError(f"SOLVER.AMP.ENABLED=True on device {device_type!r}: supported on cuda (float16) "
+                         "and cpu (bfloat16); set SOLVER.AMP.ENABLED False")
+    dtype = amp_dtype or ("float16" if device_type == "cuda" else "bfloat16")
+    if dtype == "float16":
+        if device_type != "cuda":
+            raise ValueError("MUTUALNET.TRAIN.AMP_DTYPE float16 needs CUDA; on the CPU use bfloat16 (or leave it empty)")
         return StepPrecision("cuda", torch.float16, use_grad_scaler=True)
-    if device_type == "cpu":
-        if not cpu_has_fast_bfloat16():
-            logger.warning("SOLVER.AMP.ENABLED: this CPU has no native bfloat16 convolutions (oneDNN needs "
-                           "AVX-512, best with BF16, or AMX; CPU capability here: %s), so bfloat16 training runs much "
-                           "slower than float32 here (measured 40x for one convolution on an AVX2 CPU)",
-                           torch.backends.cpu.get_cpu_capability())
-        return StepPrecision("cpu", torch.bfloat16)
-    raise ValueError(f"SOLVER.AMP.ENABLED=True on device {device_type!r}: supported on cuda (float16) "
-                     "and cpu (bfloat16); set SOLVER.AMP.ENABLED False")
+    if device_type == "cpu" and not cpu_has_fast_bfloat16():
+        logger.warning("SOLVER.AMP.ENABLED: this CPU has no native bfloat16 convolutions (oneDNN needs "
+                       "AVX-512, best with BF16, or AMX; CPU capability here: %s), so bfloat16 training runs much "
+                       "slower than float32 here (measured 40x for one convolution on an AVX2 CPU)",
+                       torch.backends.cpu.get_cpu_capability())
+    return StepPrecision(device_type, torch.bfloat16)
 
 
 def cpu_has_fast_bfloat16() -> bool:

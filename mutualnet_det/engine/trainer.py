@@ -137,7 +137,8 @@ class MutualNetTrainer(DefaultTrainer):
                                  device_ids=[comm.get_local_rank()] if on_cuda else None)
         self._trainer = SandwichTrainer(model, data_loader, optimizer, cohort_of=cohort_sampler(cfg),
                                         distillation=build_distillation(cfg),
-                                        precision=step_precision(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE),
+                                        precision=step_precision(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE,
+                                                                 cfg.MUTUALNET.TRAIN.AMP_DTYPE),
                                         clip_grad_norm_per_member=cfg.MUTUALNET.TRAIN.CLIP_GRAD_NORM_PER_MEMBER,
                                         seed=seed if isinstance(getattr(data_loader, "batch_sampler", None), IterationBatchSampler) else None)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)

@@ -179,3 +179,19 @@ def test_float16_step_on_cuda_equals_the_manual_sum_of_member_gradients():
     for expected, actual in zip(manual, optimizer.grads):
         assert torch.allclose(actual, expected, rtol=1e-2, atol=1e-4)
     assert any(e.abs().sum() > 0 for e in manual)
+
+
+def test_amp_dtype_chooses_the_autocast_dtype_and_the_scaler():
+    """MUTUALNET.TRAIN.AMP_DTYPE: "" is the device's usual AMP, bfloat16 runs without a scaler
+    on CUDA too, float16 on the CPU and unknown names are refused."""
+    from mutualnet_det.config import validate_mutualnet_config
+
+    assert step_precision(False, "cuda", "bfloat16").name == "float32"
+    cpu = step_precision(True, "cpu", "")
+    assert (cpu.name, cpu.grad_scaler) == ("bfloat16", None)
+    cuda_bf16 = step_precision(True, "cuda", "bfloat16")
+    assert (cuda_bf16.device_type, cuda_bf16.name, cuda_bf16.grad_scaler) == ("cuda", "bfloat16", None)
+    with pytest.raises(ValueError, match="float16 needs CUDA"):
+        step_precision(True, "cpu", "float16")
+    with pytest.raises(ValueError, match="AMP_DTYPE='half' is unknown"):
+        validate_mutualnet_config(tiny_cfg(**{"MUTUALNET.TRAIN.AMP_DTYPE": "half"}))
