@@ -204,7 +204,8 @@ class MutualNetTrainer(DefaultTrainer):
     def test(cls, cfg, model, evaluators=None):
         """Width sweep over MUTUALNET.TEST.{WIDTHS, RESOLUTION_SCALES} on DATASETS.TEST.
 
-        Returns {"<dataset>/w<width>_s<scale>": {"bbox": ..., "segm": ...}} for Detectron2's hooks.
+        Returns {"<dataset>/w<width>_s<scale>": {"bbox": ..., "segm": ...}} for Detectron2's hooks
+        ("..._p<proposals>" when MUTUALNET.TEST.PROPOSALS sweeps proposal counts).
         """
         module = unwrap(model)
         widest = width_range_of(module)[1]
@@ -215,6 +216,8 @@ class MutualNetTrainer(DefaultTrainer):
         for dataset_name, dataset_records in records.items():
             for r in dataset_records:
                 key = f"{dataset_name}/w{r['width']:g}_s{r['resolution_scale']:g}"
+                if cfg.MUTUALNET.TEST.PROPOSALS:  # one result per proposal count, not the last one
+                    key += f"_p{r['proposals']}"
                 results[key] = {t: r[t] for t in ("bbox", "segm") if t in r}
         if comm.is_main_process():
             logger.info(f"Evaluated {len(results)} configurations")

@@ -88,6 +88,9 @@ def test_the_sweep_records_each_count_with_its_cost(tmp_path):
     assert records[0]["gflops"] > records[1]["gflops"] and records[0]["gflops_backbone"] == records[1]["gflops_backbone"]
     assert proposals_in_use(model) == 20  # the config's count after the sweep
     assert json.load(open(tmp_path / "inference" / name / "width_sweep.json"))[1]["proposals"] == 5
+    # what Detectron2's hooks get: one result per count (not the last count under the (width, scale) key)
+    results = MutualNetTrainer.test(cfg, model)
+    assert sorted(results) == [f"{name}/w1_s1_p20", f"{name}/w1_s1_p5"]
     with pytest.raises(ValueError, match="MUTUALNET.TEST.PROPOSALS"):
         MutualNetTrainer.build_model(tiny_cfg(**{"MUTUALNET.TEST.PROPOSALS": (0,)}))
 
