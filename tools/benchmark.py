@@ -22,6 +22,10 @@ memory of single, usnet and mutualnet. Writes JSON and Markdown to benchmarks/re
     python tools/benchmark.py --export [--widths 1.0 0.25] [--num-images 8]
         # stock Detectron2, the slimmable model, the frozen width, TorchScript and ONNX Runtime,
         # image to Instances, for the same trained config: export_latency_*.{json,md}
+    python tools/benchmark.py --targets [--sweep S/width_sweep.json] [--threads 1] [--num-images 8]
+        # every configuration of a trained model's sweep (width, scale, proposals) timed in one run:
+        # width 0.25 / 1.0, the cheapest configuration within 1 box AP of width 0.25, the front's
+        # latency against the FLOPs-ideal line: latency_targets_*.{json,md,png}
 """
 import argparse
 import os
@@ -72,11 +76,16 @@ def main():
                         help="only inference time by stage at each width (--widths, --threads, --num-images, --scale)")
     parser.add_argument("--export", action="store_true",
                         help="only deployment latency: stock Detectron2, slimmable, frozen, TorchScript, ONNX Runtime")
+    parser.add_argument("--targets", action="store_true",
+                        help="only the latency targets of a trained model's sweep (--sweep, --threads, --num-images)")
+    parser.add_argument("--sweep", help="width_sweep.json to time (--targets; default: the model's own)")
     parser.add_argument("--widths", type=float, nargs="+", help="widths (--stages: 1.0 0.5 0.25; --export: 1.0 0.25)")
     parser.add_argument("--threads", type=int, nargs="+", metavar="N", help="torch thread counts (default: current)")
     parser.add_argument("--num-images", type=int, default=8, help="validation images per width, each timed 3 times (--stages)")
     parser.add_argument("--scale", type=float, default=1.0, help="resolution scale (--stages)")
     args = parser.parse_args()
+    if args.targets:
+        return latency_targets(parser, args)
     if args.stages or args.export:
         config = args.config_file if args.config_file != DEFAULT_CONFIG else MAIN_JOB_CONFIG
         widths = args.widths or ([1.0, 0.5, 0.25] if args.stages else [1.0, 0.25])
@@ -125,6 +134,27 @@ def main():
         report = new_report(args.device, args.config_file, weights=args.weights if os.path.isfile(args.weights) else None,
                             inference=inference, backbone=backbone, training=training)
         write_report(report, args.output, "", benchmark_markdown)
+
+
+def latency_targets(parser, args):
+    from mutualnet_det.benchmark.latency_targets import measure_targets, plot_front, targets_markdown
+    from mutualnet_det.evaluation.query_table import load_sweep
+    from mutualnet_det.runtime.latency import default_sweep_path
+
+    config = args.config_file if args.config_file != DEFAULT_CONFIG else MAIN_JOB_CONFIG
+    threads = (args.threads or [torch.get_num_threads()])[-1]
+    try:
+        cfg, model = load_trained(config, ["MODEL.DEVICE", args.device], args.weights)
+        sweep_path = args.sweep or default_sweep_path(cfg)
+        images = validation_images(cfg, args.num_images)
+        table, targets = measure_targets(cfg, model, load_sweep(sweep_path), images, threads)
+    except (ValueError, CheckpointError, FileNotFoundError) as error:
+        parser.error(str(error))
+    report = new_report(args.device, config, weights=shown_path(cfg.MODEL.WEIGHTS), sweep=shown_path(sweep_path),
+                        num_images=args.num_images, repeats_per_image=3, targets=targets, latency_table=table)
+    stem = write_report(report, args.output, "latency_targets_", targets_markdown)
+    plot_front(targets, table, stem + ".png")
+    print(f"plot: {stem}.png")
 
 
 if __name__ == "__main__":

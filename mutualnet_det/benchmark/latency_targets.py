@@ -1,0 +1,138 @@
+"""Does a smaller configuration run as much faster as its FLOPs promise? The latency targets of
+a trained model, measured in one process: every configuration of its sweep (width, scale,
+proposals) timed on this device, plus width 1.0 with Detectron2's mask pasting (the code path
+before the vectorised paste) for the "no slower than before" check.
+
+Reported (`tools/benchmark.py --targets`):
+- width 0.25 / width 1.0 latency at scale 1.0, at each proposal count;
+- the fastest configuration whose box AP is within 1.0 of width 0.25's (scale 1.0, the config's
+  proposals), as a fraction of width 1.0's latency at the config's proposals;
+- width 1.0 with the vectorised paste against Detectron2's paste;
+- the latency / GFLOPs curve of the front, with the FLOPs-ideal line (width 1.0's latency scaled
+  by each configuration's share of its GFLOPs) beside it: `latency_targets_<device>_<date>.png`.
+"""
+from typing import Dict, List
+
+AP_WITHIN = 1.0  # box AP a cheaper configuration may lose against width 0.25's
+
+
+def _key(record) -> tuple:
+    return (record["width"], round(record["resolution_scale"], 3), record.get("proposals"))
+
+
+def _find(records: List[Dict], width: float, scale: float, proposals: int) -> Dict:
+    for record in records:
+        if _key(record) == (width, round(scale, 3), proposals):
+            return record
+    raise ValueError(f"the sweep has no configuration width {width:g}, scale {scale:g}, {proposals} proposals: "
+                     "sweep it (MUTUALNET.TEST.WIDTHS / RESOLUTION_SCALES / PROPOSALS) before timing")
+
+
+def targets_from_latency(table: Dict, default_proposals: int, detectron2_paste_ms: float = None) -> Dict:
+    """The targets of a latency table (`runtime.latency.profile_latency`) at its last thread count."""
+    threads = table["torch_threads"]
+    records = [r for r in table["configurations"] if r["threads"] == threads]
+    full = _find(records, 1.0, 1.0, default_proposals)
+    narrow = _find(records, 0.25, 1.0, default_proposals)
+    by_proposals = sorted({r.get("proposals") for r in records if r.get("proposals") is not None}, reverse=True)
+    ratios = []
+    for count in by_proposals:
+        try:
+            a, b = _find(records, 0.25, 1.0, count), _find(records, 1.0, 1.0, count)
+        except ValueError:
+            continue
+        ratios.append({"proposals": count, "width_0.25_ms": a["latency_ms"], "width_1.0_ms": b["latency_ms"],
+                       "ratio": a["latency_ms"] / b["latency_ms"]})
+    floor = narrow["bbox"]["AP"] - AP_WITHIN
+    eligible = [r for r in records if r["bbox"]["AP"] >= floor]
+    fastest = min(eligible, key=lambda r: r["latency_ms"])
+    front = sorted(table["front"], key=lambda r: r["gflops"])
+    report = {
+        "threads": threads, "default_proposals": default_proposals,
+        "width_1.0_ms": full["latency_ms"], "width_1.0_gflops": full["gflops"],
+        "width_ratio_by_proposals": ratios,
+        "cheap_within_ap": {"box_ap_floor": floor, "width_0.25_box_ap": narrow["bbox"]["AP"],
+                            "configuration": {k: fastest[k] for k in ("width", "resolution_scale", "proposals", "gflops", "latency_ms")},
+                            "box_ap": fastest["bbox"]["AP"], "fraction_of_width_1.0": fastest["latency_ms"] / full["latency_ms"]},
+        "front": [{"width": r["width"], "resolution_scale": r["resolution_scale"], "proposals": r.get("proposals"),
+                   "gflops": r["gflops"], "latency_ms": r["latency_ms"], "box_ap": r["bbox"]["AP"],
+                   "flops_ideal_ms": full["latency_ms"] * r["gflops"] / full["gflops"]} for r in front],
+    }
+    if detectron2_paste_ms is not None:
+        report["width_1.0_detectron2_paste_ms"] = detectron2_paste_ms
+        report["width_1.0_vs_detectron2_paste"] = full["latency_ms"] / detectron2_paste_ms
+    return report
+
+
+def measure_targets(cfg, model, sweep: List[Dict], images, threads: int, warmup: int = 3, repeats_per_image: int = 3) -> Dict:
+    """Time every sweep configuration at `threads` torch threads, then width 1.0 (scale 1.0, the
+    config's proposals) with Detectron2's mask pasting; returns (latency table, targets)."""
+    from ..runtime.latency import profile_latency
+
+    default_proposals = cfg.MODEL.RPN.POST_NMS_TOPK_TEST
+    table = profile_latency(cfg, model, sweep, images, threads=[threads], warmup=warmup,
+                            repeats_per_image=repeats_per_image)
+    width_one = [_find(sweep, 1.0, 1.0, default_proposals)]
+    pasting = model.vectorized_mask_paste
+    model.vectorized_mask_paste = False
+    try:
+        before = profile_latency(cfg, model, width_one, images, threads=[threads], warmup=warmup,
+                                 repeats_per_image=repeats_per_image, progress=False)
+    finally:
+        model.vectorized_mask_paste = pasting
+    return table, targets_from_latency(table, default_proposals, before["configurations"][0]["latency_ms"])
+
+
+def plot_front(targets: Dict, table: Dict, path: str) -> None:
+    """Latency against GFLOPs (log-log): every configuration, the front, the FLOPs-ideal line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    threads = targets["threads"]
+    records = [r for r in table["configurations"] if r["threads"] == threads]
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    ax.scatter([r["gflops"] for r in records], [r["latency_ms"] for r in records], s=14, color="0.7",
+               label="every configuration")
+    front = targets["front"]
+    ax.plot([r["gflops"] for r in front], [r["latency_ms"] for r in front], "o-", color="C0", label="front (box AP / latency)")
+    gflops = sorted({r["gflops"] for r in records})
+    ideal = [targets["width_1.0_ms"] * g / targets["width_1.0_gflops"] for g in gflops]
+    ax.plot(gflops, ideal, "--", color="C3", label="FLOPs-ideal (width 1.0 scaled by GFLOPs)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("GFLOPs per image")
+    ax.set_ylabel(f"median latency, ms ({threads} thread{'s' if threads > 1 else ''})")
+    ax.set_title("Latency against FLOPs: the front and the ideal")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def targets_markdown(report: Dict) -> str:
+    targets = report["targets"]
+    cheap = targets["cheap_within_ap"]
+    c = cheap["configuration"]
+    lines = [f"# Latency targets, {report['date']}", "",
+             f"{report['device_name']}, {targets['threads']} torch thread(s); {report['num_images']} validation images x "
+             f"{report['repeats_per_image']}; weights {report['weights']}; sweep {report['sweep']}.", "",
+             f"Width 1.0 (scale 1.0, {targets['default_proposals']} proposals): {targets['width_1.0_ms']:.1f} ms, "
+             f"{targets['width_1.0_gflops']:.2f} GFLOPs.", "",
+             "| proposals | width 0.25 ms | width 1.0 ms | 0.25 / 1.0 |", "|---|---|---|---|"]
+    lines += [f"| {r['proposals']} | {r['width_0.25_ms']:.1f} | {r['width_1.0_ms']:.1f} | {r['ratio']:.2f} |"
+              for r in targets["width_ratio_by_proposals"]]
+    lines += ["", f"Fastest configuration with box AP >= width 0.25's ({cheap['width_0.25_box_ap']:.2f}) - {AP_WITHIN:g}: "
+              f"width {c['width']:g}, scale {c['resolution_scale']:.3g}, {c['proposals']} proposals, box AP "
+              f"{cheap['box_ap']:.2f}, {c['latency_ms']:.1f} ms = {cheap['fraction_of_width_1.0']:.2f} of width 1.0."]
+    if "width_1.0_detectron2_paste_ms" in targets:
+        lines += ["", f"Width 1.0 with Detectron2's mask pasting: {targets['width_1.0_detectron2_paste_ms']:.1f} ms; "
+                  f"vectorised / Detectron2's = {targets['width_1.0_vs_detectron2_paste']:.2f}."]
+    lines += ["", "Front (by GFLOPs) against the FLOPs-ideal latency:", "",
+              "| width | scale | proposals | GFLOPs | box AP | ms | FLOPs-ideal ms | ms / ideal |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['width']:g} | {r['resolution_scale']:.3g} | {r['proposals']} | {r['gflops']:.2f} | {r['box_ap']:.2f} | "
+              f"{r['latency_ms']:.1f} | {r['flops_ideal_ms']:.1f} | {r['latency_ms'] / r['flops_ideal_ms']:.1f} |"
+              for r in targets["front"]]
+    return "\n".join(lines) + "\n"
