@@ -26,10 +26,12 @@ def offline_env(**extra):
 def wheelhouse(tmp_path_factory):
     folder = tmp_path_factory.mktemp("wheelhouse")
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    had_build = os.path.exists(os.path.join(REPO, "build"))
     build = subprocess.run(["bash", "tools/build_wheelhouse.sh", str(folder), "--python", version], cwd=REPO,
                            capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
     assert build.returncode == 0, build.stderr[-3000:]
     assert "wheels," in build.stdout and (folder / "SHA256SUMS").exists()
+    assert had_build or not os.path.exists(os.path.join(REPO, "build"))  # no scratch folder left in the checkout
     return folder
 
 

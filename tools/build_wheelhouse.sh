@@ -44,7 +44,9 @@ echo "[wheelhouse] pure-Python wheels (sdists built here)"
 "$PY" -m pip wheel -q --no-deps -w "$out" \
   "fvcore>=0.1.5,<0.1.6" "iopath>=0.1.7,<0.1.10" "yacs>=0.1.8" "termcolor>=1.1" "omegaconf>=2.1,<2.4" \
   "antlr4-python3-runtime==4.9.*" "hydra-core>=1.1" portalocker "setuptools<81" wheel
+had_build=$([ -e build ] && echo yes || true)
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$out" .
+[ -n "$had_build" ] || rm -rf build  # setuptools' scratch folder, not left in the checkout
 
 (cd "$out" && sha256sum ./*.whl > SHA256SUMS)
 size=$(du -sm "$out" | cut -f1)
