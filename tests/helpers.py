@@ -4,6 +4,7 @@ import os
 import torch
 from detectron2.config import get_cfg
 from detectron2.structures import BitMasks, Boxes, Instances
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import mutualnet_det
 
@@ -53,3 +54,16 @@ def toy_batch(num_images=2, size=64, seed=0):
                               gt_masks=BitMasks(masks))
         batch.append({"image": image, "instances": instances, "height": size, "width": size})
     return batch
+
+
+class HostReads(TorchDispatchMode):
+    """Counts reads of a tensor's value on the host (`.item()`, `float(t)`, `if t:`: the operator
+    aten._local_scalar_dense): visible on CPU, and on CUDA each one waits for the GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from detectron2.engine import launch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from helpers import HostReads  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
 from mutualnet_det.bn_calibration import BNStatsBank, calibrate_bn  # noqa: E402
@@ -45,19 +45,6 @@ def rank_batches(rank):
     size = 2 + rank
     return [[{"image": torch.randn(3, 12, 12, generator=generator) * (1 + rank + b) + 5 * rank - b}
              for _ in range(size)] for b in range(NUM_BATCHES)]
-
-
-class HostReads(TorchDispatchMode):
-    """Counts reads of a tensor's value on the host (`.item()`, `float(t)`, `if t:`): on CUDA each
-    one waits for the GPU."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func is torch.ops.aten._local_scalar_dense.default
-        return func(*args, **(kwargs or {}))
 
 
 def training_step(rank, dtype):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-from helpers import tiny_cfg, toy_batch
+from helpers import HostReads, tiny_cfg, toy_batch
 from tests.engine.test_sandwich_step import COHORT, RecordingSGD
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -56,18 +56,6 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
-
-
-class HostReads(TorchDispatchMode):
-    """Counts reads of a tensor's value on the host (aten._local_scalar_dense)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func is torch.ops.aten._local_scalar_dense.default
-        return func(*args, **(kwargs or {}))
 
 
 class OpCounts(TorchDispatchMode):
