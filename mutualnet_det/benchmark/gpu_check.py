@@ -93,7 +93,9 @@ def training_step(iters: int, device: str) -> Dict:
     return {"ok": True, "iters": iters, "seconds_per_iter_and_peak_mb": table, "ratios": ratios}
 
 
-def sweep_step(iters: int, output_dir: str) -> Dict:
+def sweep_step(iters: int, output_dir: str, device: str) -> Dict:
+    """train_net.py as a user runs it; ok when it ran on `device`'s type (nobody named it) and
+    swept the 4 configurations."""
     shutil.rmtree(output_dir, ignore_errors=True)  # a fresh training, not one resumed or mixed with an earlier check's
     start = time.perf_counter()
     result = subprocess.run(sweep_command(iters, output_dir), cwd=REPO, capture_output=True, text=True,
@@ -104,8 +106,9 @@ def sweep_step(iters: int, output_dir: str) -> Dict:
     with open(os.path.join(output_dir, "inference", "shapes_val", "width_sweep.json")) as f:
         records = json.load(f)
     with open(os.path.join(output_dir, "config.yaml")) as f:
-        device = re.search(r"^  DEVICE: (\S+)", f.read(), re.M).group(1)
-    return {"ok": device.startswith("cuda") and len(records) == 4, "seconds": seconds, "model_device": device,
+        model_device = re.search(r"^  DEVICE: (\S+)", f.read(), re.M).group(1)
+    return {"ok": model_device.split(":")[0] == device.split(":")[0] and len(records) == 4, "seconds": seconds,
+            "model_device": model_device,
             "configurations": [{"width": r["width"], "resolution_scale": r["resolution_scale"], "gflops": r.get("gflops"),
                                 "box_ap": r["bbox"]["AP"], "mask_ap": r.get("segm", {}).get("AP")} for r in records]}
 
@@ -122,7 +125,7 @@ def inference_step(output_dir: str, device: str) -> Dict:
 def run_steps(steps, iters: int, device: str, output_dir: str, log: Callable[[str], None] = print) -> Dict:
     """Each step's record (with "ok" and "seconds"); an exception becomes the step's error."""
     actions = {"cuda_tests": lambda: run_pytest("cuda"), "suite": lambda: run_pytest("not cuda"),
-               "training": lambda: training_step(iters, device), "sweep": lambda: sweep_step(iters, output_dir),
+               "training": lambda: training_step(iters, device), "sweep": lambda: sweep_step(iters, output_dir, device),
                "inference": lambda: inference_step(output_dir, device)}
     results = {}
     for name in steps:
@@ -147,7 +150,7 @@ def gpu_check_markdown(report: Dict) -> str:
         lines.append(f"| {name} | {result} | {record['seconds']:.0f} |")
     training = steps.get("training", {})
     if training.get("ok"):
-        lines += ["", f"Training, {training['iters']} timed iterations (s/iteration, peak GPU MiB):", "",
+        lines += ["", f"Training, {training['iters']} timed iterations (s/iteration, peak memory MiB: the CUDA allocator's on a GPU):", "",
                   "| precision | single | US-Net | MutualNet | MutualNet / single (time, memory) | MutualNet / US-Net (time, memory) |",
                   "|---|---|---|---|---|---|"]
         for precision, rows in training["seconds_per_iter_and_peak_mb"].items():

@@ -40,7 +40,7 @@ def test_a_failing_step_is_recorded_and_the_others_still_run(monkeypatch):
 
     monkeypatch.setattr(gpu_check, "run_pytest", lambda marker: ran.append(marker) or {"ok": True, "summary": "3 passed"})
     monkeypatch.setattr(gpu_check, "training_step", fail)
-    monkeypatch.setattr(gpu_check, "sweep_step", lambda iters, out: ran.append("sweep") or {"ok": False, "seconds": 1.0})
+    monkeypatch.setattr(gpu_check, "sweep_step", lambda iters, out, device: ran.append("sweep") or {"ok": False, "seconds": 1.0})
     steps = gpu_check.run_steps(["cuda_tests", "training", "sweep"], 3, "cuda", "out", log=lambda line: None)
     assert ran == ["cuda", "suite", "sweep"]
     assert steps["cuda_tests"]["ok"] and steps["training"] == {"ok": False, "error": "RuntimeError: boom",
