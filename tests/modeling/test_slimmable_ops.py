@@ -34,12 +34,21 @@ def reference_of(slim, channels):
 
 
 def two_ranks(monkeypatch, other_batch):
-    """Make the SyncBN path run with a second rank that holds `other_batch` (N x C x H x W)."""
+    """Make the SyncBN path run with a second rank that holds `other_batch` (N x C x H x W) and
+    whose loss does not depend on this rank's output: the forward all-reduce (sums, sums of
+    squares, count: 2C + 1 values) adds that rank's, the backward one (2C values of dy) adds 0."""
     channels = other_batch.shape[1]
     other = torch.cat([other_batch.sum(dim=[0, 2, 3]), (other_batch * other_batch).sum(dim=[0, 2, 3]),
                        torch.tensor([float(other_batch.numel() // channels)])])
+
+    def all_reduce(tensor, *args, **kwargs):
+        if tensor.numel() == len(other):
+            tensor.add_(other)
+        else:
+            assert tensor.numel() == 2 * channels  # the backward's: the other rank's dy is 0 here
+
     monkeypatch.setattr(slimmable_ops.comm, "get_world_size", lambda: 2)
-    monkeypatch.setattr(slimmable_ops, "differentiable_all_reduce", lambda local: local + other)
+    monkeypatch.setattr(slimmable_ops.dist, "all_reduce", all_reduce)
 
 
 @pytest.mark.parametrize("channels", [CHANNELS, 5])
