@@ -38,10 +38,11 @@ if [ -n "$wheelhouse" ]; then
   echo "[setup] creating $VENV offline: $PYTHON's torch, the wheels of $wheelhouse"
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv --system-site-packages "$VENV"
   # a venv's --system-site-packages reaches the base interpreter's packages, not those of a venv
-  # PYTHON may itself be: name PYTHON's site-packages in a .pth (searched after the venv's own)
-  base_sites=$("$PYTHON" -c "import site; print('\n'.join(site.getsitepackages()))")
+  # PYTHON may itself be: add PYTHON's site-packages from a .pth (after the venv's own), as site
+  # directories, so that their own .pth files are read too
   venv_site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-  echo "$base_sites" > "$venv_site/_mutualnet_base_site.pth"
+  "$PYTHON" -c "import site; print('\n'.join('import site; site.addsitedir(%r)' % p for p in site.getsitepackages()))" \
+    > "$venv_site/_mutualnet_base_site.pth"
   wheels=()  # all but the project's own wheel (installed editable below)
   for wheel in "$wheelhouse"/*.whl; do
     case $(basename "$wheel") in mutualnet_det-*) ;; *) wheels+=("$wheel") ;; esac

@@ -44,6 +44,8 @@ def pytest_command(marker: str) -> List[str]:
     when pytest-xdist is installed (GPU images usually have it)."""
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning",
                "-W", "ignore::FutureWarning", "-m", marker, "tests"]
+    if marker == "not cuda":  # it builds a wheelhouse with pip download: an offline node has no index (the
+        command += ["--ignore", os.path.join("tests", "test_offline_setup.py")]  # check's own set-up did that for real)
     try:
         import xdist  # noqa: F401
     except ImportError:
@@ -72,7 +74,9 @@ def plan(iters: int, output_dir: str) -> List[str]:
 
 def run_pytest(marker: str) -> Dict:
     start = time.perf_counter()
-    result = subprocess.run(pytest_command(marker), cwd=REPO, capture_output=True, text=True)
+    # one thread per process, as tools/run_tests.sh: the tests' tensors are small, and workers share the cores
+    result = subprocess.run(pytest_command(marker), cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     counts = {key: int(number) for number, key in re.findall(r"(\d+) (passed|failed|skipped|error)", summary)}
     return {"ok": result.returncode == 0, "summary": summary, "seconds": time.perf_counter() - start, **counts,
@@ -122,8 +126,11 @@ def inference_step(output_dir: str, device: str) -> Dict:
     return {"ok": True, "rows": rows, "backbone": backbone}
 
 
-def run_steps(steps, iters: int, device: str, output_dir: str, log: Callable[[str], None] = print) -> Dict:
-    """Each step's record (with "ok" and "seconds"); an exception becomes the step's error."""
+def run_steps(steps, iters: int, device: str, output_dir: str, log: Callable[[str], None] = print,
+              after_each: Callable[[Dict], None] = lambda results: None) -> Dict:
+    """Each step's record (with "ok" and "seconds"); an exception becomes the step's error.
+    `after_each(results so far)` runs after every step (the report is written each time: a check
+    stopped half-way keeps what it measured)."""
     actions = {"cuda_tests": lambda: run_pytest("cuda"), "suite": lambda: run_pytest("not cuda"),
                "training": lambda: training_step(iters, device), "sweep": lambda: sweep_step(iters, output_dir, device),
                "inference": lambda: inference_step(output_dir, device)}
@@ -137,6 +144,7 @@ def run_steps(steps, iters: int, device: str, output_dir: str, log: Callable[[st
             results[name] = {"ok": False, "error": f"{type(error).__name__}: {error}"}
         results[name].setdefault("seconds", time.perf_counter() - start)
         log(f"[gpu_check] {name}: {'ok' if results[name]['ok'] else 'FAILED'} in {results[name]['seconds']:.0f} s")
+        after_each(results)
     return results
 
 
@@ -146,7 +154,8 @@ def gpu_check_markdown(report: Dict) -> str:
              f"{report['device_name']}; torch {report['torch']}, CUDA {report['cuda']}; total {report['seconds']:.0f} s.", "",
              "| step | result | seconds |", "|---|---|---|"]
     for name, record in steps.items():
-        result = record.get("summary") or ("ok" if record["ok"] else record.get("error", "failed")[:200])
+        error = (record.get("error") or "failed").strip().splitlines() or ["failed"]
+        result = record.get("summary") or ("ok" if record["ok"] else error[-1][:200])  # one line: a table cell
         lines.append(f"| {name} | {result} | {record['seconds']:.0f} |")
     training = steps.get("training", {})
     if training.get("ok"):
@@ -194,21 +203,24 @@ def main(argv=None) -> int:
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("no CUDA device here: the GPU check needs one (--dry-run prints its plan anywhere)")
-    start = time.perf_counter()
-    steps = run_steps(args.steps, args.iters, args.device, output_dir)
     from .reports import device_description
 
+    start = time.perf_counter()
     report = {"date": datetime.date.today().isoformat(), "device": args.device,
               "device_name": device_description(args.device), "torch": torch.__version__,
-              "cuda": torch.version.cuda, "iters": args.iters, "seconds": time.perf_counter() - start, "steps": steps}
+              "cuda": torch.version.cuda, "iters": args.iters, "seconds": 0.0, "steps": {}}
     os.makedirs(args.output, exist_ok=True)
     stem = os.path.join(args.output, f"gpu_{report['date']}" + ("" if args.device.startswith("cuda") else f"_{args.device}"))
-    with open(stem + ".json", "w") as f:
-        json.dump(report, f, indent=1)
-    text = gpu_check_markdown(report)
-    with open(stem + ".md", "w") as f:
-        f.write(text)
-    print(text + f"written to {os.path.relpath(stem, REPO)}.{{json,md}}")
+
+    def write(steps):
+        report.update(steps=steps, seconds=time.perf_counter() - start)
+        with open(stem + ".json", "w") as f:
+            json.dump(report, f, indent=1)
+        with open(stem + ".md", "w") as f:
+            f.write(gpu_check_markdown(report))
+
+    steps = run_steps(args.steps, args.iters, args.device, output_dir, after_each=write)
+    print(gpu_check_markdown(report) + f"written to {os.path.relpath(stem, REPO)}.{{json,md}}")
     return 0 if all(record["ok"] for record in steps.values()) else 1
 
 

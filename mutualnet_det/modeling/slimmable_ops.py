@@ -197,8 +197,9 @@ class SlimmableSyncBatchNorm(SlimmableBatchNorm2d):
         else:  # cumulative average: 1 / (batches seen, this one included)
             momentum = has_values.float() / self.num_batches_tracked.clamp(min=1).float()
         unbiased_var = biased_var * (count / (count - 1.0).clamp(min=1.0))
-        self.running_mean[:channels].lerp_(mean, momentum.to(mean.dtype))
-        self.running_var[:channels].lerp_(unbiased_var, momentum.to(mean.dtype))
+        dtype = self.running_mean.dtype  # float32 statistics, or a model cast to half as a whole
+        self.running_mean[:channels].lerp_(mean.to(dtype), momentum.to(dtype))
+        self.running_var[:channels].lerp_(unbiased_var.to(dtype), momentum.to(dtype))
 
 
 class SlimmableFrozenBatchNorm2d(FrozenBatchNorm2d):

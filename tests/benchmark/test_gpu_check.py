@@ -12,7 +12,7 @@ def test_dry_run_prints_every_step_and_its_sweep_command_is_a_valid_config(capsy
     assert gpu_check.main(["--dry-run", "--iters", "12"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0].strip() for line in lines[1:]] == list(gpu_check.STEPS)
-    assert "-m cuda tests" in lines[1] and "-m not cuda tests" in lines[2]
+    assert "-m cuda tests" in lines[1] and "-m not cuda tests --ignore tests/test_offline_setup.py" in lines[2]
     assert "12 iterations" in lines[3] and "float16" in lines[3] and "bfloat16" in lines[3]
     command = gpu_check.sweep_command(12, "out")
     assert "MODEL.DEVICE" not in command  # the device follows the machine
@@ -41,8 +41,11 @@ def test_a_failing_step_is_recorded_and_the_others_still_run(monkeypatch):
     monkeypatch.setattr(gpu_check, "run_pytest", lambda marker: ran.append(marker) or {"ok": True, "summary": "3 passed"})
     monkeypatch.setattr(gpu_check, "training_step", fail)
     monkeypatch.setattr(gpu_check, "sweep_step", lambda iters, out, device: ran.append("sweep") or {"ok": False, "seconds": 1.0})
-    steps = gpu_check.run_steps(["cuda_tests", "training", "sweep"], 3, "cuda", "out", log=lambda line: None)
+    written = []  # the report is rewritten after every step
+    steps = gpu_check.run_steps(["cuda_tests", "training", "sweep"], 3, "cuda", "out", log=lambda line: None,
+                                after_each=lambda results: written.append(list(results)))
     assert ran == ["cuda", "suite", "sweep"]
+    assert written == [["cuda_tests"], ["cuda_tests", "training"], ["cuda_tests", "training", "sweep"]]
     assert steps["cuda_tests"]["ok"] and steps["training"] == {"ok": False, "error": "RuntimeError: boom",
                                                                "seconds": pytest.approx(0, abs=1)}
     assert steps["sweep"] == {"ok": False, "seconds": 1.0}

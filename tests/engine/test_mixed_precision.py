@@ -171,6 +171,7 @@ def test_float16_step_on_cuda_equals_the_manual_sum_of_member_gradients():
     batch = toy_batch()
     precision = step_precision(True, "cuda")
     assert precision.name == "float16" and precision.grad_scaler is not None
+    precision.grad_scaler = torch.amp.GradScaler("cuda", init_scale=2.0 ** 8)  # 2^16 may overflow a random model's first step
     torch.manual_seed(123)
     manual = manual_member_gradient_sum(model, batch, params, "cuda", torch.float16,
                                         scale=precision.grad_scaler.get_scale())
