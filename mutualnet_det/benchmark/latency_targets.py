@@ -1,16 +1,18 @@
 """Does a smaller configuration run as much faster as its FLOPs promise? The latency targets of
 a trained model, measured in one process: every configuration of its sweep (width, scale,
-proposals) timed on this device, plus width 1.0 with Detectron2's mask pasting (the code path
-before the vectorised paste) for the "no slower than before" check.
+proposals) timed on this device, plus widths 1.0 and 0.25 (scale 1.0, the config's proposals)
+with Detectron2's own proposal selection and mask pasting (the code path before
+`modeling/proposal_selection.py` and `modeling/mask_paste.py`) for the "no slower than before" check.
 
 Reported (`tools/benchmark.py --targets`):
 - width 0.25 / width 1.0 latency at scale 1.0, at each proposal count;
 - the fastest configuration whose box AP is within 1.0 of width 0.25's (scale 1.0, the config's
   proposals), as a fraction of width 1.0's latency at the config's proposals;
-- width 1.0 with the vectorised paste against Detectron2's paste;
+- widths 1.0 and 0.25 against themselves with Detectron2's proposal selection and paste;
 - the latency / GFLOPs curve of the front, with the FLOPs-ideal line (width 1.0's latency scaled
   by each configuration's share of its GFLOPs) beside it: `latency_targets_<device>_<date>.png`.
 """
+import contextlib
 from typing import Dict, List
 
 AP_WITHIN = 1.0  # box AP a cheaper configuration may lose against width 0.25's
@@ -28,8 +30,10 @@ def _find(records: List[Dict], width: float, scale: float, proposals: int) -> Di
                      "sweep it (MUTUALNET.TEST.WIDTHS / RESOLUTION_SCALES / PROPOSALS) before timing")
 
 
-def targets_from_latency(table: Dict, default_proposals: int, detectron2_paste_ms: float = None) -> Dict:
-    """The targets of a latency table (`runtime.latency.profile_latency`) at its last thread count."""
+def targets_from_latency(table: Dict, default_proposals: int, detectron2_ms: Dict[float, float] = None) -> Dict:
+    """The targets of a latency table (`runtime.latency.profile_latency`) at its last thread count;
+    detectron2_ms: {width: ms} at scale 1.0 and the config's proposals with Detectron2's own
+    proposal selection and mask pasting (`measure_targets`)."""
     threads = table["torch_threads"]
     records = [r for r in table["configurations"] if r["threads"] == threads]
     full = _find(records, 1.0, 1.0, default_proposals)
@@ -58,29 +62,49 @@ def targets_from_latency(table: Dict, default_proposals: int, detectron2_paste_m
                    "gflops": r["gflops"], "latency_ms": r["latency_ms"], "box_ap": r["bbox"]["AP"],
                    "flops_ideal_ms": full["latency_ms"] * r["gflops"] / full["gflops"]} for r in front],
     }
-    if detectron2_paste_ms is not None:
-        report["width_1.0_detectron2_paste_ms"] = detectron2_paste_ms
-        report["width_1.0_vs_detectron2_paste"] = full["latency_ms"] / detectron2_paste_ms
+    if detectron2_ms:
+        ours = {1.0: full["latency_ms"], 0.25: narrow["latency_ms"]}
+        report["against_detectron2_postprocessing"] = [
+            {"width": width, "ms": ours[width], "detectron2_ms": ms, "ratio": ours[width] / ms}
+            for width, ms in sorted(detectron2_ms.items(), reverse=True)]
     return report
 
 
+@contextlib.contextmanager
+def detectron2_postprocessing(model):
+    """The model with Detectron2's own RPN proposal selection and mask pasting, for the block."""
+    from detectron2.modeling.proposal_generator.rpn import RPN
+
+    from ..modeling.proposal_selection import TopProposalsRPN
+
+    pasting, generator = model.vectorized_mask_paste, model.proposal_generator
+    swapped = type(generator) is TopProposalsRPN
+    model.vectorized_mask_paste = False
+    if swapped:
+        generator.__class__ = RPN
+    try:
+        yield model
+    finally:
+        model.vectorized_mask_paste = pasting
+        if swapped:
+            generator.__class__ = TopProposalsRPN
+
+
 def measure_targets(cfg, model, sweep: List[Dict], images, threads: int, warmup: int = 3, repeats_per_image: int = 3) -> Dict:
-    """Time every sweep configuration at `threads` torch threads, then width 1.0 (scale 1.0, the
-    config's proposals) with Detectron2's mask pasting; returns (latency table, targets)."""
+    """Time every sweep configuration at `threads` torch threads, then widths 1.0 and 0.25 (scale
+    1.0, the config's proposals) with Detectron2's proposal selection and mask pasting; returns
+    (latency table, targets)."""
     from ..runtime.latency import profile_latency
 
     default_proposals = cfg.MODEL.RPN.POST_NMS_TOPK_TEST
     table = profile_latency(cfg, model, sweep, images, threads=[threads], warmup=warmup,
                             repeats_per_image=repeats_per_image)
-    width_one = [_find(sweep, 1.0, 1.0, default_proposals)]
-    pasting = model.vectorized_mask_paste
-    model.vectorized_mask_paste = False
-    try:
-        before = profile_latency(cfg, model, width_one, images, threads=[threads], warmup=warmup,
+    baseline = [_find(sweep, width, 1.0, default_proposals) for width in (1.0, 0.25)]
+    with detectron2_postprocessing(model):
+        before = profile_latency(cfg, model, baseline, images, threads=[threads], warmup=warmup,
                                  repeats_per_image=repeats_per_image, progress=False)
-    finally:
-        model.vectorized_mask_paste = pasting
-    return table, targets_from_latency(table, default_proposals, before["configurations"][0]["latency_ms"])
+    detectron2_ms = {r["width"]: r["latency_ms"] for r in before["configurations"]}
+    return table, targets_from_latency(table, default_proposals, detectron2_ms)
 
 
 def plot_front(targets: Dict, table: Dict, path: str) -> None:
@@ -127,9 +151,11 @@ def targets_markdown(report: Dict) -> str:
     lines += ["", f"Fastest configuration with box AP >= width 0.25's ({cheap['width_0.25_box_ap']:.2f}) - {AP_WITHIN:g}: "
               f"width {c['width']:g}, scale {c['resolution_scale']:.3g}, {c['proposals']} proposals, box AP "
               f"{cheap['box_ap']:.2f}, {c['latency_ms']:.1f} ms = {cheap['fraction_of_width_1.0']:.2f} of width 1.0."]
-    if "width_1.0_detectron2_paste_ms" in targets:
-        lines += ["", f"Width 1.0 with Detectron2's mask pasting: {targets['width_1.0_detectron2_paste_ms']:.1f} ms; "
-                  f"vectorised / Detectron2's = {targets['width_1.0_vs_detectron2_paste']:.2f}."]
+    if targets.get("against_detectron2_postprocessing"):
+        lines += ["", "Against Detectron2's own proposal selection and mask pasting (scale 1.0, the config's proposals):", "",
+                  "| width | ms | with Detectron2's | ratio |", "|---|---|---|---|"]
+        lines += [f"| {r['width']:g} | {r['ms']:.1f} | {r['detectron2_ms']:.1f} | {r['ratio']:.2f} |"
+                  for r in targets["against_detectron2_postprocessing"]]
     lines += ["", "Front (by GFLOPs) against the FLOPs-ideal latency:", "",
               "| width | scale | proposals | GFLOPs | box AP | ms | FLOPs-ideal ms | ms / ideal |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['width']:g} | {r['resolution_scale']:.3g} | {r['proposals']} | {r['gflops']:.2f} | {r['box_ap']:.2f} | "

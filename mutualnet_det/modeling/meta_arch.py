@@ -6,6 +6,8 @@ with MUTUALNET.SLIMMABLE_HEADS, the conversion of the stock FPN outputs and head
 built into slimmable ones (`modeling/heads.py`; same parameter names and shapes), and, with
 MUTUALNET.CPU_ROI_ALIGN "gather", RoI poolers that run faster on CPU (`modeling/roi_align.py`),
 and, with MUTUALNET.TEST.MASK_PASTE "vectorized", masks pasted all at once (`modeling/mask_paste.py`).
+Its RPN selects proposals at inference on CPU with less NMS and the same result
+(`modeling/proposal_selection.py`).
 """
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
@@ -13,6 +15,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from ..bn_calibration import BNStatsBank
 from .heads import make_heads_slimmable
 from .mask_paste import BoxPastedMasks
+from .proposal_selection import use_top_proposals
 from .roi_align import swap_roi_align
 
 
@@ -23,6 +26,7 @@ class SlimmableRCNN(GeneralizedRCNN):
                  vectorized_mask_paste: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.vectorized_mask_paste = vectorized_mask_paste
+        use_top_proposals(self)
         if slimmable_heads:
             make_heads_slimmable(self.backbone, self.proposal_generator, self.roi_heads, divisor=channel_divisor)
         if gather_roi_align:

@@ -22,7 +22,7 @@ def table():
 
 
 def test_targets_by_hand():
-    targets = targets_from_latency(table(), 100, detectron2_paste_ms=250.0)
+    targets = targets_from_latency(table(), 100, detectron2_ms={1.0: 250.0, 0.25: 75.0})
     assert targets["width_1.0_ms"] == 200.0
     assert targets["width_ratio_by_proposals"] == [
         {"proposals": 100, "width_0.25_ms": 60.0, "width_1.0_ms": 200.0, "ratio": pytest.approx(0.3)},
@@ -32,7 +32,9 @@ def test_targets_by_hand():
     assert cheap["box_ap_floor"] == pytest.approx(3.7)
     assert cheap["configuration"]["latency_ms"] == 24.0 and cheap["box_ap"] == 3.8  # not the 20 ms at AP 3.6
     assert cheap["fraction_of_width_1.0"] == pytest.approx(0.12)
-    assert targets["width_1.0_vs_detectron2_paste"] == pytest.approx(0.8)
+    assert targets["against_detectron2_postprocessing"] == [
+        {"width": 1.0, "ms": 200.0, "detectron2_ms": 250.0, "ratio": pytest.approx(0.8)},
+        {"width": 0.25, "ms": 60.0, "detectron2_ms": 75.0, "ratio": pytest.approx(0.8)}]
     by_gflops = [r["gflops"] for r in targets["front"]]
     assert by_gflops == sorted(by_gflops) and by_gflops[-1] == 3.0
     assert targets["front"][0]["flops_ideal_ms"] == pytest.approx(200.0 * by_gflops[0] / 3.0)
@@ -40,11 +42,26 @@ def test_targets_by_hand():
               "weights": "w.pth", "sweep": "s.json", "targets": targets}
     text = targets_markdown(report)
     assert "| 100 | 60.0 | 200.0 | 0.30 |" in text and "= 0.12 of width 1.0" in text
+    assert "| 0.25 | 60.0 | 75.0 | 0.80 |" in text
 
 
 def test_a_missing_configuration_says_what_to_sweep():
     with pytest.raises(ValueError, match="no configuration width 1, scale 1, 50 proposals.*PROPOSALS"):
         targets_from_latency(table(), 50)
+
+
+def test_detectron2_postprocessing_is_switched_for_the_block_only():
+    from detectron2.modeling import build_model
+    from detectron2.modeling.proposal_generator.rpn import RPN
+    from helpers import tiny_cfg
+
+    from mutualnet_det.benchmark.latency_targets import detectron2_postprocessing
+    from mutualnet_det.modeling.proposal_selection import TopProposalsRPN
+
+    model = build_model(tiny_cfg())
+    with detectron2_postprocessing(model):
+        assert type(model.proposal_generator) is RPN and not model.vectorized_mask_paste
+    assert type(model.proposal_generator) is TopProposalsRPN and model.vectorized_mask_paste
 
 
 def test_the_plot_is_written(tmp_path):
