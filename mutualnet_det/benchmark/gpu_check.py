@@ -20,7 +20,6 @@ Writes benchmarks/results/gpu_<date>.{json,md}. `--dry-run` prints this plan wit
 and settings and runs nothing (any machine).
 """
 import argparse
-import datetime
 import json
 import os
 import re
@@ -30,6 +29,8 @@ import sys
 import tempfile
 import time
 from typing import Callable, Dict, List
+
+import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join("configs", "Shapes", "mutualnet_slimheads_mask_rcnn_R_18_FPN.yaml")
@@ -110,7 +111,7 @@ def sweep_step(iters: int, output_dir: str, device: str) -> Dict:
     with open(os.path.join(output_dir, "inference", "shapes_val", "width_sweep.json")) as f:
         records = json.load(f)
     with open(os.path.join(output_dir, "config.yaml")) as f:
-        model_device = re.search(r"^  DEVICE: (\S+)", f.read(), re.M).group(1)
+        model_device = yaml.safe_load(f)["MODEL"]["DEVICE"]  # as train_net.py resolved it
     return {"ok": model_device.split(":")[0] == device.split(":")[0] and len(records) == 4, "seconds": seconds,
             "model_device": model_device,
             "configurations": [{"width": r["width"], "resolution_scale": r["resolution_scale"], "gflops": r.get("gflops"),
@@ -203,12 +204,11 @@ def main(argv=None) -> int:
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("no CUDA device here: the GPU check needs one (--dry-run prints its plan anywhere)")
-    from .reports import device_description
+    from .reports import new_report
 
     start = time.perf_counter()
-    report = {"date": datetime.date.today().isoformat(), "device": args.device,
-              "device_name": device_description(args.device), "torch": torch.__version__,
-              "cuda": torch.version.cuda, "iters": args.iters, "seconds": 0.0, "steps": {}}
+    report = new_report(args.device, CONFIG, torch=torch.__version__, cuda=torch.version.cuda, iters=args.iters,
+                        seconds=0.0, steps={})
     os.makedirs(args.output, exist_ok=True)
     stem = os.path.join(args.output, f"gpu_{report['date']}" + ("" if args.device.startswith("cuda") else f"_{args.device}"))
 

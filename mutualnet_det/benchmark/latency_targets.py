@@ -73,21 +73,16 @@ def targets_from_latency(table: Dict, default_proposals: int, detectron2_ms: Dic
 @contextlib.contextmanager
 def detectron2_postprocessing(model):
     """The model with Detectron2's own RPN proposal selection and mask pasting, for the block."""
-    from detectron2.modeling.proposal_generator.rpn import RPN
+    from ..modeling.proposal_selection import TopProposalsRPN, use_top_proposals
 
-    from ..modeling.proposal_selection import TopProposalsRPN
-
-    pasting, generator = model.vectorized_mask_paste, model.proposal_generator
-    swapped = type(generator) is TopProposalsRPN
+    pasting, selecting = model.vectorized_mask_paste, type(model.proposal_generator) is TopProposalsRPN
     model.vectorized_mask_paste = False
-    if swapped:
-        generator.__class__ = RPN
+    use_top_proposals(model, enabled=False)
     try:
         yield model
     finally:
         model.vectorized_mask_paste = pasting
-        if swapped:
-            generator.__class__ = TopProposalsRPN
+        use_top_proposals(model, enabled=selecting)
 
 
 def measure_targets(cfg, model, sweep: List[Dict], images, threads: int, warmup: int = 3, repeats_per_image: int = 3) -> Dict:

@@ -83,11 +83,12 @@ class TopProposalsRPN(RPN):
                                       self.post_nms_topk[False], self.min_box_size)
 
 
-def use_top_proposals(model) -> bool:
-    """Give the model's RPN (if it is Detectron2's RPN exactly) `TopProposalsRPN`'s inference, in
-    place: same module, parameters and state. Returns whether it did."""
+def use_top_proposals(model, enabled: bool = True) -> bool:
+    """Give the model's RPN `TopProposalsRPN`'s inference (enabled) or Detectron2's RPN back, in
+    place: same module, parameters and state. Returns whether the RPN has it now; a proposal
+    generator other than Detectron2's RPN is left alone (False)."""
     generator = getattr(model, "proposal_generator", None)
-    if type(generator) is not RPN:
+    if type(generator) not in (RPN, TopProposalsRPN):
         return False
-    generator.__class__ = TopProposalsRPN
-    return True
+    generator.__class__ = TopProposalsRPN if enabled else RPN
+    return enabled

@@ -8,7 +8,7 @@ from detectron2.modeling.proposal_generator.proposal_utils import find_top_rpn_p
 from detectron2.modeling.proposal_generator.rpn import RPN
 from helpers import tiny_cfg, toy_batch
 
-from mutualnet_det.modeling.proposal_selection import TopProposalsRPN, find_top_proposals
+from mutualnet_det.modeling.proposal_selection import TopProposalsRPN, find_top_proposals, use_top_proposals
 
 
 def rpn_outputs(seed, num_images=2, sizes=(1200, 300, 75, 20, 6)):
@@ -65,7 +65,7 @@ def test_a_slimmable_model_selects_with_it_at_inference_and_its_detections_are_d
     model = build_model(tiny_cfg(**{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0})).eval()
     assert type(model.proposal_generator) is TopProposalsRPN
     stock = copy.deepcopy(model)
-    stock.proposal_generator.__class__ = RPN
+    assert use_top_proposals(stock, enabled=False) is False and type(stock.proposal_generator) is RPN
     batch = [{k: v for k, v in x.items() if k != "instances"} for x in toy_batch(num_images=2, size=64, seed=3)]
     with torch.no_grad():
         ours, theirs = model(batch), stock(batch)
