@@ -96,6 +96,10 @@ def add_mutualnet_config(cfg):
     # masks in one pass, Detectron2's result up to float rounding) or "detectron2" (its
     # paste_masks_in_image: one mask at a time on CPU, most of a narrow width's time there).
     _C.MUTUALNET.TEST.MASK_PASTE = "vectorized"
+    # Fold each slimmable conv's eval-mode BatchNorm / FrozenBatchNorm into cached weights of the
+    # active width at inference (modeling/slimmable_ops.py): same output up to float rounding, one
+    # operation per layer instead of three. Off: the layers run as Detectron2's do.
+    _C.MUTUALNET.TEST.FOLD_NORMS = True
     # RPN proposals kept per image at test time, swept beside widths and scales (each count caps
     # the detections per image too; modeling/proposals.py). Empty: MODEL.RPN.POST_NMS_TOPK_TEST only.
     _C.MUTUALNET.TEST.PROPOSALS = ()

@@ -26,7 +26,16 @@ from ..width import ChannelRule, SlimmableLayer
 
 
 class SlimmableConv2d(Conv2d, SlimmableLayer):
-    """Detectron2 `Conv2d` (conv, then optional norm and activation) on a channel slice."""
+    """Detectron2 `Conv2d` (conv, then optional norm and activation) on a channel slice.
+
+    With `fold_norm` set (`fold_norms`; SlimmableRCNN sets it from MUTUALNET.TEST.FOLD_NORMS), a
+    pass in eval mode without gradients, not traced or compiled, runs on cached weights with an
+    eval-mode BatchNorm or a FrozenBatchNorm folded in (`_inference_weights`): the same output up
+    to float rounding, one operation instead of three at every layer, which is most of what a
+    narrow width costs in its convolutions.
+    """
+
+    fold_norm = False
 
     def __init__(self, *args, out_rule: ChannelRule = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -42,13 +51,66 @@ class SlimmableConv2d(Conv2d, SlimmableLayer):
         return weight
 
     def forward(self, x):
-        bias = self.bias[:self.active_out_channels] if self.bias is not None else None
-        x = F.conv2d(x, self.active_weight(x.shape[1]), bias, self.stride, self.padding, self.dilation, self.groups)
-        if self.norm is not None:
+        if self.fold_norm and not (self.training or torch.is_grad_enabled() or torch.jit.is_tracing()
+                                   or torch.jit.is_scripting() or torch.compiler.is_compiling()):
+            weight, bias, norm_folded = self._inference_weights(x.shape[1])
+        else:
+            weight, norm_folded = self.active_weight(x.shape[1]), False
+            bias = self.bias[:self.active_out_channels] if self.bias is not None else None
+        x = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.norm is not None and not norm_folded:
             x = self.norm(x)
         if self.activation is not None:
             x = self.activation(x)
         return x
+
+    def _inference_weights(self, in_channels: int):
+        """(weight, bias, whether the norm is folded into them) for an inference pass: the active
+        slice, contiguous, with an eval-mode BatchNorm or a FrozenBatchNorm folded in
+        (conv(x, W * s) + (b - mean) * s + beta, s = gamma / sqrt(var + eps)); other norms run
+        after the convolution as usual. Cached for the last (width, input channels, source
+        tensors): a change of width, of the BN statistics (a bank entry, a calibration), of the
+        weights (a load, an optimizer step), of device or of dtype makes a new one, as each
+        changes a source tensor's storage or version."""
+        norm = self.norm
+        foldable = (isinstance(norm, FrozenBatchNorm2d)
+                    or (isinstance(norm, nn.modules.batchnorm._BatchNorm) and not norm.training
+                        and norm.track_running_stats))
+        sources = [self.weight, self.bias]
+        if foldable:
+            sources += [norm.weight, norm.bias, norm.running_mean, norm.running_var]
+        key = (self.active_out_channels, in_channels,
+               tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device) for t in sources))
+        cached = getattr(self, "_inference_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        channels = self.active_out_channels
+        weight = self.active_weight(in_channels)
+        bias = self.bias[:channels] if self.bias is not None else None
+        if foldable:
+            ones = weight.new_ones(channels, dtype=torch.float32)
+            gamma = norm.weight[:channels].float() if norm.weight is not None else ones
+            beta = norm.bias[:channels].float() if norm.bias is not None else ones * 0
+            scale = gamma * (norm.running_var[:channels].float() + norm.eps).rsqrt()
+            shift = beta - norm.running_mean[:channels].float() * scale
+            if bias is not None:
+                shift = shift + bias.float() * scale
+            weight = (weight.float() * scale.reshape(-1, 1, 1, 1)).to(weight.dtype)
+            bias = shift.to(weight.dtype)
+        # the sources are kept (aliases) so their storage, hence the key, cannot be reused by others
+        self._inference_cache = (key, (weight.detach().contiguous(), None if bias is None else bias.detach(), foldable),
+                                 [t.detach() for t in sources if t is not None])
+        return self._inference_cache[1]
+
+
+def fold_norms(model: nn.Module, enabled: bool = True) -> int:
+    """Set `fold_norm` on every SlimmableConv2d of `model` (and drop their cached weights);
+    returns how many layers it set."""
+    layers = [m for m in model.modules() if isinstance(m, SlimmableConv2d)]
+    for layer in layers:
+        layer.fold_norm = enabled
+        layer.__dict__.pop("_inference_cache", None)
+    return len(layers)
 
 
 class SlimmableLinear(nn.Linear, SlimmableLayer):

@@ -102,7 +102,8 @@ def official_features(saved, x, width):
 
 def r50_model(**overrides):
     settings = {"MODEL.RESNETS.DEPTH": 50, "MODEL.RESNETS.RES2_OUT_CHANNELS": 256, "MODEL.RESNETS.STEM_OUT_CHANNELS": 64,
-                "MODEL.RESNETS.STRIDE_IN_1X1": False, "MODEL.RESNETS.NORM": "BN"}
+                "MODEL.RESNETS.STRIDE_IN_1X1": False, "MODEL.RESNETS.NORM": "BN",
+                "MUTUALNET.TEST.FOLD_NORMS": False}  # compared with the source networks' layers
     settings.update(overrides)
     return MutualNetTrainer.build_model(tiny_cfg(**settings)).eval()
 

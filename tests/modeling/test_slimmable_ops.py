@@ -393,3 +393,130 @@ def test_converted_layers_are_moved_to_the_source_layers_device(monkeypatch):
     slimmable_conv_like(Conv2d(4, 8, kernel_size=1), ChannelRule(8))
     slimmable_linear_like(nn.Linear(4, 8), ChannelRule(8))
     assert moves == [("SlimmableConv2d", (torch.device("cpu"),)), ("SlimmableLinear", (torch.device("cpu"),))]
+
+
+def folding_conv(norm, bias):
+    from mutualnet_det.modeling.slimmable_ops import SlimmableConv2d
+
+    conv = SlimmableConv2d(16, 32, kernel_size=3, padding=1, stride=2, bias=bias, norm=norm, activation=torch.relu)
+    conv.fold_norm = True
+    with torch.no_grad():
+        conv.weight.normal_(generator=torch.Generator().manual_seed(3))
+        if bias:
+            conv.bias.uniform_(-1, 1, generator=torch.Generator().manual_seed(4))
+    return conv.eval()
+
+
+def unfolded(conv, x):
+    """The layer as Detectron2 runs it: the sliced convolution, then the norm, then the activation."""
+    out_channels = conv.active_out_channels
+    plain = torch.nn.functional.conv2d(x, conv.weight[:out_channels, :x.shape[1]],
+                                       conv.bias[:out_channels] if conv.bias is not None else None, stride=2, padding=1)
+    return torch.relu(conv.norm(plain) if conv.norm is not None else plain)
+
+
+def norm_calls(conv, monkeypatch):
+    calls = []
+    if conv.norm is not None:
+        forward = conv.norm.forward
+        monkeypatch.setattr(conv.norm, "forward", lambda x: calls.append(x.shape[1]) or forward(x))
+    return calls
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("kind", ["bn", "bn_eps", "syncbn", "frozen", "gn", "none"])
+def test_an_inference_pass_folds_the_norm_into_the_weights_with_the_unfolded_result(kind, bias, monkeypatch):
+    from mutualnet_det.modeling.slimmable_ops import SlimmableFrozenBatchNorm2d, SlimmableGroupNorm
+
+    norm = {"bn": lambda: trained(SlimmableBatchNorm2d(32)), "bn_eps": lambda: trained(SlimmableBatchNorm2d(32, eps=0.3)),
+            "syncbn": lambda: trained(SlimmableSyncBatchNorm(32)), "frozen": lambda: SlimmableFrozenBatchNorm2d(32),
+            "gn": lambda: SlimmableGroupNorm(4, 32), "none": lambda: None}[kind]()
+    if kind == "frozen":
+        randomize = torch.Generator().manual_seed(5)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(norm, name).copy_(torch.rand(32, generator=randomize) + (0.5 if name in ("weight", "running_var") else -0.5))
+    conv = folding_conv(norm, bias)
+    calls = norm_calls(conv, monkeypatch)
+    generator = torch.Generator().manual_seed(6)
+    for width, in_channels in ((1.0, 16), (0.5, 8), (0.5, 16), (0.25, 8)):
+        conv.set_active_width(width)
+        x = torch.randn(2, in_channels, 9, 11, generator=generator)
+        with torch.no_grad():
+            expected = unfolded(conv, x)
+            calls.clear()
+            got = conv(x)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        # BN kinds are folded (the norm is not run); GroupNorm runs after the cached convolution
+        assert calls == ([] if kind in ("bn", "bn_eps", "syncbn", "frozen", "none") else [conv.active_out_channels])
+
+
+def test_folded_weights_follow_the_width_the_statistics_the_weights_device_and_dtype(monkeypatch):
+    conv = folding_conv(trained(SlimmableBatchNorm2d(32)), bias=True)
+    x = torch.randn(1, 16, 9, 11, generator=torch.Generator().manual_seed(7))
+
+    def check():
+        with torch.no_grad():
+            torch.testing.assert_close(conv(x), unfolded(conv, x), rtol=1e-5, atol=1e-5)
+
+    check()
+    conv.set_active_width(0.5)  # a width change
+    check()
+    with torch.no_grad():
+        conv.norm.running_var[:8].mul_(3.0)  # a bank entry copied in place
+        check()
+        conv.norm.running_mean.copy_(torch.linspace(-2, 2, 32))
+        check()
+        conv.weight.add_(0.5)  # an optimizer step
+        check()
+        conv.norm.bias.sub_(1.0)
+        check()
+    conv.load_state_dict({k: v * 1.5 if v.is_floating_point() else v for k, v in conv.state_dict().items()})
+    check()
+    conv.double()  # dtype
+    x = x.double()
+    with torch.no_grad():
+        assert conv(x).dtype == torch.float64
+    check()
+
+
+def test_training_gradients_and_tracing_run_the_norm_as_it_is(monkeypatch):
+    conv = folding_conv(trained(SlimmableBatchNorm2d(32)), bias=False)
+    calls = norm_calls(conv, monkeypatch)
+    x = torch.randn(2, 16, 9, 11, generator=torch.Generator().manual_seed(8))
+    conv(x)  # eval, with gradients
+    conv.train()
+    with torch.no_grad():
+        conv(x)  # training mode (BN calibration): batch statistics
+    conv.eval()
+    torch.jit.trace(conv, (x,), check_trace=False)  # exports keep the norm as a layer
+    assert calls == [32, 32, 32]
+    conv.fold_norm = False
+    with torch.no_grad():
+        conv(x)
+    assert calls == [32, 32, 32, 32]
+
+
+def test_the_model_folds_its_norms_by_config_with_the_same_detections():
+    from helpers import tiny_cfg
+    from mutualnet_det.engine.trainer import MutualNetTrainer
+    from mutualnet_det.width import set_width
+    from .reference_nets import randomize_bn_stats
+
+    images = [{"image": torch.randint(0, 256, (3, 64, 80), generator=torch.Generator().manual_seed(i),
+                                      dtype=torch.uint8), "height": 64, "width": 80} for i in range(2)]
+    outputs = {}
+    for fold in (True, False):
+        torch.manual_seed(0)
+        model = MutualNetTrainer.build_model(tiny_cfg(**{"MUTUALNET.TEST.FOLD_NORMS": fold,
+                                                         "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0})).eval()
+        randomize_bn_stats(model)
+        folding = [m.fold_norm for m in model.modules() if hasattr(m, "fold_norm")]
+        assert len(folding) > 10 and set(folding) == {fold}
+        set_width(model, 0.5)
+        with torch.no_grad():
+            outputs[fold] = [o["instances"] for o in model(images)]
+    for folded, plain in zip(outputs[True], outputs[False]):
+        assert len(folded) == len(plain) > 0
+        torch.testing.assert_close(folded.scores, plain.scores, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(folded.pred_boxes.tensor, plain.pred_boxes.tensor, rtol=1e-4, atol=1e-3)
+        assert torch.equal(folded.pred_classes, plain.pred_classes)
