@@ -11,13 +11,19 @@ it keeps at least post_nms_topk of them (otherwise the level runs in full). With
 is what a narrow width pays in proposal generation.
 
 `TopProposalsRPN` is Detectron2's RPN with that selection at inference on CPU; training, CUDA
-(one batched NMS kernel there) and tracing (export) take Detectron2's function unchanged.
-`SlimmableRCNN` gives its RPN this class; its parameters and state are the RPN's.
+(one batched NMS kernel there) and tracing (export) take Detectron2's function unchanged. At
+inference it also decodes the anchors of all levels in one `apply_deltas` call (Detectron2 calls
+it once per level; the arithmetic is row by row, so the boxes are the same), and its anchor
+generator (`CachedAnchorGenerator`) keeps the anchors of the grid sizes it has seen instead of
+rebuilding them for every image. Together these are fixed costs of every image at every width,
+a few percent of a narrow one's time.
+`SlimmableRCNN` gives its RPN these classes; their parameters and state are Detectron2's.
 """
 from typing import List, Tuple
 
 import torch
 from detectron2.layers import cat
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.proposal_generator.rpn import RPN
 from detectron2.structures import Boxes, Instances
 from torchvision.ops import nms
@@ -70,25 +76,63 @@ def find_top_proposals(proposals: List[torch.Tensor], logits: List[torch.Tensor]
     return results
 
 
+def _traced() -> bool:
+    return torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
+class CachedAnchorGenerator(DefaultAnchorGenerator):
+    """Detectron2's DefaultAnchorGenerator that, in eval mode, keeps the anchors of each set of
+    grid sizes (per device and cell anchors) and returns them again: the same tensors as
+    `_grid_anchors` would rebuild (a few arange / meshgrid / add per level and image)."""
+
+    MAX_ENTRIES = 32  # test images of many sizes: start over rather than grow without bound
+
+    def forward(self, features: List[torch.Tensor]):
+        if self.training or _traced():
+            return super().forward(features)
+        cells = [buffer for _, buffer in self.cell_anchors.named_buffers()]
+        key = (tuple(tuple(f.shape[-2:]) for f in features), tuple((c.data_ptr(), c._version) for c in cells))
+        cache = self.__dict__.setdefault("_anchor_cache", {})
+        if key not in cache:
+            if len(cache) >= self.MAX_ENTRIES:
+                cache.clear()
+            cache[key] = (self._grid_anchors([f.shape[-2:] for f in features]), cells)  # cells: keep their storage
+        return [Boxes(anchors) for anchors in cache[key][0]]
+
+
 class TopProposalsRPN(RPN):
-    """Detectron2's RPN; at inference on CPU its proposals come from `find_top_proposals`."""
+    """Detectron2's RPN; at inference on CPU its proposals come from `find_top_proposals`, its
+    anchors decoded by `_decode_all_levels`."""
 
     def predict_proposals(self, anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes):
-        if self.training or pred_anchor_deltas[0].device.type != "cpu" or torch.jit.is_tracing() \
-                or torch.jit.is_scripting():
+        if self.training or pred_anchor_deltas[0].device.type != "cpu" or _traced():
             return super().predict_proposals(anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes)
         with torch.no_grad():
-            return find_top_proposals(self._decode_proposals(anchors, pred_anchor_deltas), pred_objectness_logits,
+            return find_top_proposals(self._decode_all_levels(anchors, pred_anchor_deltas), pred_objectness_logits,
                                       image_sizes, self.nms_thresh, self.pre_nms_topk[False],
                                       self.post_nms_topk[False], self.min_box_size)
 
+    def _decode_all_levels(self, anchors, pred_anchor_deltas) -> List[torch.Tensor]:
+        """Detectron2's `_decode_proposals` (per level, N x (Hi * Wi * A) x B) with one
+        `apply_deltas` over the levels' anchors concatenated instead of one call per level."""
+        n, dim = pred_anchor_deltas[0].shape[0], anchors[0].tensor.size(1)
+        deltas = cat([d.reshape(n, -1, dim) for d in pred_anchor_deltas], dim=1).reshape(-1, dim)
+        boxes = cat([a.tensor for a in anchors]).unsqueeze(0).expand(n, -1, -1).reshape(-1, dim)
+        proposals = self.box2box_transform.apply_deltas(deltas, boxes)
+        return list(proposals.view(n, -1, dim).split([len(a) for a in anchors], dim=1))
+
 
 def use_top_proposals(model, enabled: bool = True) -> bool:
-    """Give the model's RPN `TopProposalsRPN`'s inference (enabled) or Detectron2's RPN back, in
-    place: same module, parameters and state. Returns whether the RPN has it now; a proposal
-    generator other than Detectron2's RPN is left alone (False)."""
+    """Give the model's RPN `TopProposalsRPN`'s inference and `CachedAnchorGenerator` (enabled),
+    or Detectron2's RPN and anchor generator back, in place: same modules, parameters and state.
+    Returns whether the RPN has it now; a proposal generator other than Detectron2's RPN is left
+    alone (False)."""
     generator = getattr(model, "proposal_generator", None)
     if type(generator) not in (RPN, TopProposalsRPN):
         return False
     generator.__class__ = TopProposalsRPN if enabled else RPN
+    anchors = generator.anchor_generator
+    if type(anchors) in (DefaultAnchorGenerator, CachedAnchorGenerator):
+        anchors.__class__ = CachedAnchorGenerator if enabled else DefaultAnchorGenerator
+        anchors.__dict__.pop("_anchor_cache", None)
     return enabled

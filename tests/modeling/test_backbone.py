@@ -152,3 +152,28 @@ def test_detectron2_mask_rcnn_r50_fpn_state_dict_loads_unchanged():
     result = ours.load_state_dict(d2_model.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     assert sum(isinstance(m, SlimmableConv2d) for m in ours.backbone.modules()) == 1 + 16 * 3 + 4 + 8
+
+
+def test_the_stem_pools_at_inference_exactly_as_detectron2s_including_ties():
+    from detectron2.modeling.backbone.resnet import BasicStem
+
+    from mutualnet_det.modeling.backbone import ChannelsLastPoolStem
+
+    reference, slim = build_pair(18)
+    assert type(slim.bottom_up.stem) is ChannelsLastPoolStem
+    stock = BasicStem(3, 64, norm="BN").eval()
+    stock.load_state_dict(reference.bottom_up.stem.state_dict())
+    generator = torch.Generator().manual_seed(9)
+    for width, shape in ((1.0, (1, 3, 55, 73)), (0.5, (2, 3, 64, 96)), (0.3, (1, 3, 33, 47))):
+        set_width(slim, width)
+        x = torch.randn(*shape, generator=generator)
+        channels = slim.bottom_up.stem.conv1.active_out_channels
+        with torch.no_grad():  # the channels-last pool; ReLU leaves many tied zeros
+            got = slim.bottom_up.stem(x)
+            expected = torch.nn.functional.max_pool2d(torch.relu(stock.conv1(x))[:, :channels], 3, 2, 1) \
+                if width == 1.0 else None
+        assert got.is_contiguous()
+        if expected is not None:
+            assert torch.equal(got, expected) and (got == 0).any()
+        # with gradients: Detectron2's forward, the same values
+        torch.testing.assert_close(slim.bottom_up.stem(x), got, rtol=0, atol=0)

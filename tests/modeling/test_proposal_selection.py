@@ -5,10 +5,12 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.modeling.proposal_generator.proposal_utils import find_top_rpn_proposals
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.proposal_generator.rpn import RPN
 from helpers import tiny_cfg, toy_batch
 
-from mutualnet_det.modeling.proposal_selection import TopProposalsRPN, find_top_proposals, use_top_proposals
+from mutualnet_det.modeling.proposal_selection import (CachedAnchorGenerator, TopProposalsRPN, find_top_proposals,
+                                                       use_top_proposals)
 
 
 def rpn_outputs(seed, num_images=2, sizes=(1200, 300, 75, 20, 6)):
@@ -66,6 +68,8 @@ def test_a_slimmable_model_selects_with_it_at_inference_and_its_detections_are_d
     assert type(model.proposal_generator) is TopProposalsRPN
     stock = copy.deepcopy(model)
     assert use_top_proposals(stock, enabled=False) is False and type(stock.proposal_generator) is RPN
+    assert type(model.proposal_generator.anchor_generator) is CachedAnchorGenerator
+    assert type(stock.proposal_generator.anchor_generator) is DefaultAnchorGenerator
     batch = [{k: v for k, v in x.items() if k != "instances"} for x in toy_batch(num_images=2, size=64, seed=3)]
     with torch.no_grad():
         ours, theirs = model(batch), stock(batch)
@@ -74,3 +78,46 @@ def test_a_slimmable_model_selects_with_it_at_inference_and_its_detections_are_d
         assert len(a) == len(b) > 0
         assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor) and torch.equal(a.scores, b.scores)
     assert set(model.state_dict()) == set(stock.state_dict())
+
+
+def level_features(sizes, channels=4):
+    return [torch.zeros(2, channels, h, w) for h, w in sizes]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_decoding_every_level_at_once_equals_detectron2s_decoding_per_level(seed):
+    torch.manual_seed(0)
+    rpn = build_model(tiny_cfg()).eval().proposal_generator
+    generator = torch.Generator().manual_seed(seed)
+    sizes = [(24, 31), (12, 16), (6, 8), (3, 4), (2, 2)][:len(rpn.anchor_generator.strides)]
+    anchors = rpn.anchor_generator(level_features(sizes))
+    deltas = [torch.randn(2, len(a), 4, generator=generator) * 3 for a in anchors]
+    deltas[0][0, :5, 2:] = 40.0  # beyond the scale clamp
+    expected = RPN._decode_proposals(rpn, anchors, deltas)
+    actual = rpn._decode_all_levels(anchors, deltas)
+    assert len(actual) == len(expected) == len(sizes)
+    for a, e in zip(actual, expected):
+        assert a.shape == e.shape and torch.equal(a, e)
+
+
+def test_cached_anchors_are_detectron2s_for_each_grid_and_rebuilt_only_for_a_new_one(monkeypatch):
+    torch.manual_seed(0)
+    generator = build_model(tiny_cfg()).eval().proposal_generator.anchor_generator
+    assert type(generator) is CachedAnchorGenerator
+    builds = []
+    grid_anchors = generator._grid_anchors
+    monkeypatch.setattr(generator, "_grid_anchors", lambda sizes: builds.append(len(sizes)) or grid_anchors(sizes))
+    small, large = [(8, 10), (4, 5), (2, 3)], [(16, 20), (8, 10), (4, 5)]
+    for sizes in (small, large, small, large):
+        got = generator(level_features(sizes))
+        expected = DefaultAnchorGenerator.forward(generator, level_features(sizes))  # Detectron2's, rebuilt
+        assert [tuple(g.tensor.shape) for g in got] == [tuple(e.tensor.shape) for e in expected]
+        assert all(torch.equal(g.tensor, e.tensor) for g, e in zip(got, expected))
+    assert len(builds) == 2 + 4  # two grids built once each by the cache, four by Detectron2's forward
+    generator.train()
+    generator(level_features(small))
+    assert len(builds) == 7  # training rebuilds every time
+    generator.eval()
+    monkeypatch.setattr(CachedAnchorGenerator, "MAX_ENTRIES", 2)
+    generator(level_features([(5, 5)]))  # a third grid: the cache starts over
+    assert len(generator._anchor_cache) == 1
