@@ -13,6 +13,7 @@ Reported (`tools/benchmark.py --targets`):
   by each configuration's share of its GFLOPs) beside it: `latency_targets_<device>_<date>.png`.
 """
 import contextlib
+import statistics
 from typing import Dict, List
 
 AP_WITHIN = 1.0  # box AP a cheaper configuration may lose against width 0.25's
@@ -85,21 +86,81 @@ def detectron2_postprocessing(model):
         use_top_proposals(model, enabled=selecting)
 
 
-def measure_targets(cfg, model, sweep: List[Dict], images, threads: int, warmup: int = 3, repeats_per_image: int = 3) -> Dict:
-    """Time every sweep configuration at `threads` torch threads, then widths 1.0 and 0.25 (scale
-    1.0, the config's proposals) with Detectron2's proposal selection and mask pasting; returns
-    (latency table, targets)."""
+def merge_rounds(tables: List[Dict]) -> Dict:
+    """One latency table from `tables`, the same configurations timed in turn (round robin, so a
+    slow spell of the machine falls on every configuration alike rather than on a few): each
+    configuration's latency is the median of its rounds' medians (all of them kept in
+    `latency_rounds_ms`), and the front is recomputed from those."""
+    from ..evaluation.query_table import pareto_front
+
+    merged = dict(tables[0])
+    records = []
+    for rounds in zip(*(table["configurations"] for table in tables)):
+        times = [r["latency_ms"] for r in rounds]
+        records.append({**rounds[0], "latency_ms": statistics.median(times), "latency_rounds_ms": times})
+    threads = tables[0]["torch_threads"]
+    front = pareto_front([r for r in records if r["threads"] == threads], tuple(tables[0]["metric"]), cost="latency_ms")
+    merged.update(configurations=records, front=front, fronts_by_threads={str(threads): front}, rounds=len(tables))
+    return merged
+
+
+def bank_missing_statistics(cfg, model, sweep: List[Dict]) -> List[List[float]]:
+    """Calibrate the BN statistics of every (width, scale) of the sweep that the checkpoint's bank
+    lacks, on the training set as `--eval-only` did for the sweep (its records say "calibrated"),
+    and put them in the model's bank in memory (the checkpoint is not changed). Returns the
+    (width, scale) pairs calibrated."""
+    from ..bn_calibration import bn_layers, calibration_batches, use_configuration
+
+    bank = getattr(model, "bn_stats_bank", None)
+    if not bn_layers(model) or bank is None:
+        return []
+    missing = list(dict.fromkeys((r["width"], r["resolution_scale"]) for r in sweep
+                                 if (r["width"], r["resolution_scale"]) not in bank))
+    batches = calibration_batches(cfg) if missing else None
+    for width, scale in missing:
+        use_configuration(model, width, scale, batches, cfg.MUTUALNET.BN_CALIB.NUM_BATCHES)
+        bank.store(model, width, scale)
+    model.eval()
+    return [[width, scale] for width, scale in missing]
+
+
+def measure_targets(cfg, model, sweep: List[Dict], images, threads: int, warmup: int = 3, repeats_per_image: int = 3,
+                    rounds: int = 3) -> Dict:
+    """Time every sweep configuration at `threads` torch threads, `rounds` times in turn
+    (`merge_rounds`), widths 1.0 and 0.25 (scale 1.0, the config's proposals) with Detectron2's
+    proposal selection and mask pasting in each round too; returns (latency table, targets).
+    Configurations the checkpoint has no BN statistics for are calibrated first
+    (`bank_missing_statistics`, listed in the table as `calibrated_for_timing`)."""
     from ..runtime.latency import profile_latency
 
+    calibrated = bank_missing_statistics(cfg, model, sweep)
     default_proposals = cfg.MODEL.RPN.POST_NMS_TOPK_TEST
-    table = profile_latency(cfg, model, sweep, images, threads=[threads], warmup=warmup,
-                            repeats_per_image=repeats_per_image)
     baseline = [_find(sweep, width, 1.0, default_proposals) for width in (1.0, 0.25)]
-    with detectron2_postprocessing(model):
-        before = profile_latency(cfg, model, baseline, images, threads=[threads], warmup=warmup,
-                                 repeats_per_image=repeats_per_image, progress=False)
+    tables, before = [], []
+    for index in range(rounds):
+        tables.append(profile_latency(cfg, model, sweep, images, threads=[threads], warmup=warmup,
+                                      repeats_per_image=repeats_per_image, progress=index == 0))
+        with detectron2_postprocessing(model):
+            before.append(profile_latency(cfg, model, baseline, images, threads=[threads], warmup=warmup,
+                                          repeats_per_image=repeats_per_image, progress=False))
+    table, before = merge_rounds(tables), merge_rounds(before)
+    table["calibrated_for_timing"] = calibrated
     detectron2_ms = {r["width"]: r["latency_ms"] for r in before["configurations"]}
-    return table, targets_from_latency(table, default_proposals, detectron2_ms)
+    targets = targets_from_latency(table, default_proposals, detectron2_ms)
+    targets["rounds"] = per_round_targets(tables, default_proposals)
+    return table, targets
+
+
+def per_round_targets(tables: List[Dict], default_proposals: int) -> List[Dict]:
+    """The two ratios of each round on its own: how much the targets move with the machine."""
+    rows = []
+    for table in tables:
+        targets = targets_from_latency(table, default_proposals)
+        ratios = {r["proposals"]: r["ratio"] for r in targets["width_ratio_by_proposals"]}
+        rows.append({"width_ratio_default_proposals": ratios.get(default_proposals),
+                     "cheap_fraction": targets["cheap_within_ap"]["fraction_of_width_1.0"],
+                     "cheap_configuration": targets["cheap_within_ap"]["configuration"]})
+    return rows
 
 
 def plot_front(targets: Dict, table: Dict, path: str) -> None:
@@ -146,6 +207,19 @@ def targets_markdown(report: Dict) -> str:
     lines += ["", f"Fastest configuration with box AP >= width 0.25's ({cheap['width_0.25_box_ap']:.2f}) - {AP_WITHIN:g}: "
               f"width {c['width']:g}, scale {c['resolution_scale']:.3g}, {c['proposals']} proposals, box AP "
               f"{cheap['box_ap']:.2f}, {c['latency_ms']:.1f} ms = {cheap['fraction_of_width_1.0']:.2f} of width 1.0."]
+    if targets.get("rounds"):
+        lines += ["", f"Each configuration was timed in {len(targets['rounds'])} rounds, one after another (round robin); "
+                  "its latency above is the median of its rounds' medians. Each round on its own:", "",
+                  f"| round | width 0.25 / 1.0 ({targets['default_proposals']} proposals) | fastest within 1 AP | its fraction of width 1.0 |",
+                  "|---|---|---|---|"]
+        for index, r in enumerate(targets["rounds"], 1):
+            c = r["cheap_configuration"]
+            lines.append(f"| {index} | {r['width_ratio_default_proposals']:.3f} | width {c['width']:g}, scale "
+                         f"{c['resolution_scale']:.3g}, {c['proposals']} proposals | {r['cheap_fraction']:.3f} |")
+    calibrated = report.get("latency_table", {}).get("calibrated_for_timing")
+    if calibrated:
+        lines += ["", "BN statistics not in the checkpoint's bank, calibrated on the training set for this timing (as "
+                  "the sweep's evaluation did): " + ", ".join(f"width {w:g} scale {s:.3g}" for w, s in calibrated) + "."]
     if targets.get("against_detectron2_postprocessing"):
         lines += ["", "Against Detectron2's own proposal selection and mask pasting (scale 1.0, the config's proposals):", "",
                   "| width | ms | with Detectron2's | ratio |", "|---|---|---|---|"]

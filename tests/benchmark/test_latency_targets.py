@@ -68,3 +68,54 @@ def test_the_plot_is_written(tmp_path):
     path = tmp_path / "front.png"
     plot_front(targets_from_latency(table(), 100), table(), str(path))
     assert path.stat().st_size > 10_000
+
+
+def round_of(scale_times):
+    """table() with each configuration's latency multiplied as given (one round's timings)."""
+    base = table()
+    for r, factor in zip(base["configurations"], scale_times):
+        r["latency_ms"] *= factor
+    return {**base, "metric": ["bbox", "AP"]}
+
+
+def test_rounds_are_merged_by_the_median_of_each_configuration_and_the_front_recomputed():
+    from mutualnet_det.benchmark.latency_targets import merge_rounds, per_round_targets
+
+    # round 2 is a slow spell for width 1.0 at 100 proposals; round 3 for the narrow ones
+    rounds = [round_of([1.0] * 7), round_of([1.5, 1, 1, 1, 1, 1, 1]), round_of([1, 1, 1.2, 1.2, 2.0, 2.0, 1])]
+    merged = merge_rounds(rounds)
+    assert merged["rounds"] == 3
+    by_key = {(r["width"], r["resolution_scale"], r["proposals"], r["threads"]): r for r in merged["configurations"]}
+    assert by_key[(1.0, 1.0, 100, 1)]["latency_ms"] == 200.0  # median of 200, 300, 200
+    assert by_key[(1.0, 1.0, 100, 1)]["latency_rounds_ms"] == [200.0, 300.0, 200.0]
+    assert by_key[(0.25, 0.571, 20, 1)]["latency_ms"] == 24.0  # median of 24, 24, 48
+    assert merged["front"] == pareto_front([r for r in merged["configurations"] if r["threads"] == 1],
+                                           ("bbox", "AP"), cost="latency_ms")
+    per_round = per_round_targets(rounds, 100)
+    assert [r["width_ratio_default_proposals"] for r in per_round] == pytest.approx([0.3, 0.2, 0.36])
+    # round 3: 0.25 / 0.571 / 20 at 48 ms is slower than 0.25 / 1.0 / 20 at 36 ms (AP 4.5): 36 / 200
+    assert [r["cheap_fraction"] for r in per_round] == pytest.approx([0.12, 0.08, 0.18])
+    assert per_round[2]["cheap_configuration"]["resolution_scale"] == 1.0
+    targets = targets_from_latency(merged, 100)
+    targets["rounds"] = per_round
+    report = {"date": "2026-12-05", "device_name": "cpu", "num_images": 8, "repeats_per_image": 3, "weights": "w.pth",
+              "sweep": "s.json", "targets": targets, "latency_table": {"calibrated_for_timing": [[0.375, 0.571]]}}
+    text = targets_markdown(report)
+    assert "timed in 3 rounds" in text and "| 2 | 0.200 | width 0.25, scale 0.571, 20 proposals | 0.080 |" in text
+    assert "calibrated on the training set for this timing" in text and "width 0.375 scale 0.571" in text
+
+
+def test_statistics_missing_from_the_bank_are_calibrated_for_the_timing_only():
+    from detectron2.modeling import build_model
+    from helpers import tiny_cfg
+
+    from mutualnet_det.benchmark.latency_targets import bank_missing_statistics
+
+    cfg = tiny_cfg(**{"MODEL.RESNETS.NORM": "BN", "MUTUALNET.BN_CALIB.NUM_BATCHES": 1})
+    model = build_model(cfg).eval()
+    model.bn_stats_bank.store(model, 1.0, 1.0)
+    sweep = [{"width": 1.0, "resolution_scale": 1.0}, {"width": 0.5, "resolution_scale": 1.0},
+             {"width": 0.5, "resolution_scale": 1.0}]
+    assert bank_missing_statistics(cfg, model, sweep) == [[0.5, 1.0]]
+    assert (0.5, 1.0) in model.bn_stats_bank and not model.training
+    assert bank_missing_statistics(cfg, model, sweep) == []
