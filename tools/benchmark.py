@@ -22,7 +22,7 @@ memory of single, usnet and mutualnet. Writes JSON and Markdown to benchmarks/re
     python tools/benchmark.py --export [--widths 1.0 0.25] [--num-images 8]
         # stock Detectron2, the slimmable model, the frozen width, TorchScript and ONNX Runtime,
         # image to Instances, for the same trained config: export_latency_*.{json,md}
-    python tools/benchmark.py --targets [--sweep S/width_sweep.json] [--threads 1] [--num-images 8]
+    python tools/benchmark.py --targets [--sweep S/width_sweep.json] [--threads 1] [--num-images 8] [--rounds 3]
         # every configuration of a trained model's sweep (width, scale, proposals) timed in one run:
         # width 0.25 / 1.0, the cheapest configuration within 1 box AP of width 0.25, the front's
         # latency against the FLOPs-ideal line: latency_targets_*.{json,md,png}
@@ -83,6 +83,8 @@ def main():
     parser.add_argument("--threads", type=int, nargs="+", metavar="N", help="torch thread counts (default: current)")
     parser.add_argument("--num-images", type=int, default=8, help="validation images per width, each timed 3 times (--stages)")
     parser.add_argument("--scale", type=float, default=1.0, help="resolution scale (--stages)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="times every configuration is timed, in turn (--targets; the median of the rounds counts)")
     args = parser.parse_args()
     if args.targets:
         return latency_targets(parser, args)
@@ -143,11 +145,13 @@ def latency_targets(parser, args):
 
     config = args.config_file if args.config_file != DEFAULT_CONFIG else MAIN_JOB_CONFIG
     threads = (args.threads or [torch.get_num_threads()])[-1]
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     try:
         cfg, model = load_trained(config, ["MODEL.DEVICE", args.device], args.weights)
         sweep_path = args.sweep or default_sweep_path(cfg)
         images = validation_images(cfg, args.num_images)
-        table, targets = measure_targets(cfg, model, load_sweep(sweep_path), images, threads)
+        table, targets = measure_targets(cfg, model, load_sweep(sweep_path), images, threads, rounds=args.rounds)
     except (ValueError, CheckpointError, FileNotFoundError) as error:
         parser.error(str(error))
     report = new_report(args.device, config, weights=shown_path(cfg.MODEL.WEIGHTS), sweep=shown_path(sweep_path),
