@@ -72,16 +72,19 @@ class SlimmableConv2d(Conv2d, SlimmableLayer):
         tensors): a change of width, of the BN statistics (a bank entry, a calibration), of the
         weights (a load, an optimizer step), of device or of dtype makes a new one, as each
         changes a source tensor's storage or version."""
-        norm = self.norm
+        # read through the modules' dicts: nn.Module.__getattr__ would cost more than the check
+        norm = self._modules.get("norm")
         foldable = (isinstance(norm, FrozenBatchNorm2d)
                     or (isinstance(norm, nn.modules.batchnorm._BatchNorm) and not norm.training
                         and norm.track_running_stats))
-        sources = [self.weight, self.bias]
+        sources = [self._parameters["weight"], self._parameters.get("bias")]
         if foldable:
-            sources += [norm.weight, norm.bias, norm.running_mean, norm.running_var]
-        key = (self.active_out_channels, in_channels,
-               tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device) for t in sources))
-        cached = getattr(self, "_inference_cache", None)
+            tensors = {**norm._parameters, **norm._buffers}
+            sources += [tensors.get("weight"), tensors.get("bias"), tensors["running_mean"], tensors["running_var"]]
+        sources = [t for t in sources if t is not None]
+        key = (self.active_out_channels, in_channels, [t._version for t in sources], [t.data_ptr() for t in sources],
+               sources[0].dtype, sources[0].device)
+        cached = self.__dict__.get("_inference_cache")
         if cached is not None and cached[0] == key:
             return cached[1]
         channels = self.active_out_channels
@@ -99,7 +102,7 @@ class SlimmableConv2d(Conv2d, SlimmableLayer):
             bias = shift.to(weight.dtype)
         # the sources are kept (aliases) so their storage, hence the key, cannot be reused by others
         self._inference_cache = (key, (weight.detach().contiguous(), None if bias is None else bias.detach(), foldable),
-                                 [t.detach() for t in sources if t is not None])
+                                 [t.detach() for t in sources])
         return self._inference_cache[1]
 
 
