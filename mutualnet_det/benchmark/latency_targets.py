@@ -90,14 +90,22 @@ def merge_rounds(tables: List[Dict]) -> Dict:
     """One latency table from `tables`, the same configurations timed in turn (round robin, so a
     slow spell of the machine falls on every configuration alike rather than on a few): each
     configuration's latency is the median of its rounds' medians (all of them kept in
-    `latency_rounds_ms`), and the front is recomputed from those."""
+    `latency_rounds_ms`), its IQR the median of theirs, its min / max over all rounds, its calls
+    their sum; the front is recomputed from those. The table's `switch` timing is the first
+    round's."""
     from ..evaluation.query_table import pareto_front
 
     merged = dict(tables[0])
     records = []
     for rounds in zip(*(table["configurations"] for table in tables)):
         times = [r["latency_ms"] for r in rounds]
-        records.append({**rounds[0], "latency_ms": statistics.median(times), "latency_rounds_ms": times})
+        record = {**rounds[0], "latency_ms": statistics.median(times), "latency_rounds_ms": times}
+        if all("latency_min_ms" in r for r in rounds):
+            record.update(latency_iqr_ms=statistics.median(r["latency_iqr_ms"] for r in rounds),
+                          latency_min_ms=min(r["latency_min_ms"] for r in rounds),
+                          latency_max_ms=max(r["latency_max_ms"] for r in rounds),
+                          latency_calls=sum(r["latency_calls"] for r in rounds))
+        records.append(record)
     threads = tables[0]["torch_threads"]
     front = pareto_front([r for r in records if r["threads"] == threads], tuple(tables[0]["metric"]), cost="latency_ms")
     merged.update(configurations=records, front=front, fronts_by_threads={str(threads): front}, rounds=len(tables))

@@ -11,8 +11,10 @@ taps per row), each a batched matrix product with an interpolation matrix of two
 chunks of masks with similar region sizes (padding to a chunk's largest region is then cheap) that
 bound memory, and thresholds as Detectron2 does.
 
-`BoxPastedMasks` makes Detectron2's own `detector_postprocess` use it: Detectron2 pastes an
-`ROIMasks` through its `to_bitmasks`.
+`BoxPastedMasks` makes Detectron2's own `detector_postprocess` use it on a CPU: Detectron2 pastes
+an `ROIMasks` through its `to_bitmasks`. On a GPU it leaves the paste to Detectron2, which already
+samples all masks at once there, and whose `grid_sample` is not subject to TF32 matrix products
+(`torch.backends.cuda.matmul.allow_tf32` would round the interpolation matrices' products here).
 """
 from typing import List, Tuple
 
@@ -110,8 +112,9 @@ def paste_masks_in_boxes(masks: torch.Tensor, boxes: torch.Tensor, image_shape: 
 
 
 class BoxPastedMasks(ROIMasks):
-    """Detectron2's ROIMasks, pasted by `paste_masks_in_boxes` when Detectron2's
-    `detector_postprocess` turns them into image masks; indexing keeps the type."""
+    """Detectron2's ROIMasks, pasted by `paste_masks_in_boxes` on a CPU (by Detectron2's
+    `paste_masks_in_image` elsewhere) when Detectron2's `detector_postprocess` turns them into
+    image masks; indexing keeps the type."""
 
     def to(self, device) -> "BoxPastedMasks":
         return BoxPastedMasks(self.tensor.to(device))
@@ -120,5 +123,7 @@ class BoxPastedMasks(ROIMasks):
         return BoxPastedMasks(super().__getitem__(item).tensor)
 
     def to_bitmasks(self, boxes, height, width, threshold=0.5):
+        if self.tensor.device.type != "cpu":
+            return super().to_bitmasks(boxes, height, width, threshold)
         boxes = boxes.tensor if hasattr(boxes, "tensor") else boxes
         return BitMasks(paste_masks_in_boxes(self.tensor, boxes, (height, width), threshold=threshold))

@@ -28,6 +28,8 @@ from detectron2.modeling.proposal_generator.rpn import RPN
 from detectron2.structures import Boxes, Instances
 from torchvision.ops import nms
 
+from .inference_cache import tensors_key
+
 HEAD_FACTOR = 2  # each level's NMS first runs on its HEAD_FACTOR x post_nms_topk best boxes
 
 
@@ -91,13 +93,17 @@ class CachedAnchorGenerator(DefaultAnchorGenerator):
         if self.training or _traced():
             return super().forward(features)
         cells = [buffer for _, buffer in self.cell_anchors.named_buffers()]
-        key = (tuple(tuple(f.shape[-2:]) for f in features), tuple((c.data_ptr(), c._version) for c in cells))
+        state = tensors_key(cells)
+        if state is None:  # cell anchors made under torch.inference_mode: nothing to key on
+            return super().forward(features)
+        key = (tuple(tuple(f.shape[-2:]) for f in features), state)
         cache = self.__dict__.setdefault("_anchor_cache", {})
-        if key not in cache:
+        entry = cache.get(key)
+        if entry is None:
             if len(cache) >= self.MAX_ENTRIES:
                 cache.clear()
-            cache[key] = (self._grid_anchors([f.shape[-2:] for f in features]), cells)  # cells: keep their storage
-        return [Boxes(anchors) for anchors in cache[key][0]]
+            entry = cache[key] = (self._grid_anchors([f.shape[-2:] for f in features]), cells)  # cells: keep their storage
+        return [Boxes(anchors) for anchors in entry[0]]
 
 
 class TopProposalsRPN(RPN):

@@ -20,9 +20,11 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from detectron2.layers import Conv2d, FrozenBatchNorm2d, NaiveSyncBatchNorm
+from detectron2.layers.wrappers import check_if_dynamo_compiling
 from detectron2.utils import comm
 
 from ..width import ChannelRule, SlimmableLayer
+from .inference_cache import tensors_key
 
 
 class SlimmableConv2d(Conv2d, SlimmableLayer):
@@ -52,7 +54,7 @@ class SlimmableConv2d(Conv2d, SlimmableLayer):
 
     def forward(self, x):
         if self.fold_norm and not (self.training or torch.is_grad_enabled() or torch.jit.is_tracing()
-                                   or torch.jit.is_scripting() or torch.compiler.is_compiling()):
+                                   or torch.jit.is_scripting() or check_if_dynamo_compiling()):
             weight, bias, norm_folded = self._inference_weights(x.shape[1])
         else:
             weight, norm_folded = self.active_weight(x.shape[1]), False
@@ -69,9 +71,10 @@ class SlimmableConv2d(Conv2d, SlimmableLayer):
         slice, contiguous, with an eval-mode BatchNorm or a FrozenBatchNorm folded in
         (conv(x, W * s) + (b - mean) * s + beta, s = gamma / sqrt(var + eps)); other norms run
         after the convolution as usual. Cached for the last (width, input channels, source
-        tensors): a change of width, of the BN statistics (a bank entry, a calibration), of the
-        weights (a load, an optimizer step), of device or of dtype makes a new one, as each
-        changes a source tensor's storage or version."""
+        tensors, eps): a change of width, of the BN statistics (a bank entry, a calibration), of
+        the weights (a load, an optimizer step), of device or of dtype makes a new one, as each
+        changes a source tensor's storage or version (`inference_cache`: writes through `.data`
+        are not seen, and inference tensors are folded at every call, not cached)."""
         # read through the modules' dicts: nn.Module.__getattr__ would cost more than the check
         norm = self._modules.get("norm")
         foldable = (isinstance(norm, FrozenBatchNorm2d)
@@ -82,10 +85,11 @@ class SlimmableConv2d(Conv2d, SlimmableLayer):
             tensors = {**norm._parameters, **norm._buffers}
             sources += [tensors.get("weight"), tensors.get("bias"), tensors["running_mean"], tensors["running_var"]]
         sources = [t for t in sources if t is not None]
-        key = (self.active_out_channels, in_channels, [t._version for t in sources], [t.data_ptr() for t in sources],
-               sources[0].dtype, sources[0].device)
+        state = tensors_key(sources)
+        key = (self.active_out_channels, in_channels, state, sources[0].dtype, sources[0].device,
+               norm.eps if foldable else None)
         cached = self.__dict__.get("_inference_cache")
-        if cached is not None and cached[0] == key:
+        if state is not None and cached is not None and cached[0] == key:
             return cached[1]
         channels = self.active_out_channels
         weight = self.active_weight(in_channels)
@@ -100,10 +104,13 @@ class SlimmableConv2d(Conv2d, SlimmableLayer):
                 shift = shift + bias.float() * scale
             weight = (weight.float() * scale.reshape(-1, 1, 1, 1)).to(weight.dtype)
             bias = shift.to(weight.dtype)
+        folded = (weight.detach().contiguous(), None if bias is None else bias.detach(), foldable)
+        if state is None:  # an inference tensor among the sources: nothing to key on
+            self.__dict__.pop("_inference_cache", None)
+            return folded
         # the sources are kept (aliases) so their storage, hence the key, cannot be reused by others
-        self._inference_cache = (key, (weight.detach().contiguous(), None if bias is None else bias.detach(), foldable),
-                                 [t.detach() for t in sources])
-        return self._inference_cache[1]
+        self._inference_cache = (key, folded, [t.detach() for t in sources])
+        return folded
 
 
 def fold_norms(model: nn.Module, enabled: bool = True) -> int:

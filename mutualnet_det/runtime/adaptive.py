@@ -5,8 +5,11 @@ outputs in original image coordinates out). Before each image it runs the config
 policy chose; it times the whole call (switch, resize, model; synchronised on CUDA) and tells the
 policy. A switch sets the width and loads the banked BN statistics of that (width, scale), and on
 the CPU sets torch's thread count when the configuration was timed at another: no weights are
-reloaded and nothing is calibrated, so a switch costs about one BN state copy (the thread pool's
-resize happens in the model's first parallel region and is counted in the frame's time).
+reloaded and nothing is calibrated, so a switch costs about one BN state copy. Two costs of a
+switch land in the next model call and are counted in the frame's time, not in its switch_ms: the
+thread pool's resize (in the first parallel region), and, with MUTUALNET.TEST.FOLD_NORMS, folding
+the new statistics into the convolutions' cached weights (on the main job's model, one CPU thread:
+about 7 ms at width 1.0, 2 ms at 0.25, some 5-9% of a call).
 
 `BudgetPolicy` decides from the measured times alone. Its one estimate is the device's current
 load: measured ms / the table's ms for the running configuration (1 when the device is as idle as
@@ -203,7 +206,7 @@ class Frame:
     resolution_scale: float
     threads: int  # torch intra-op threads the frame ran at
     latency_ms: float  # the whole call: switch (if any), resize, model
-    switch_ms: float  # setting the thread count and width, loading banked BN statistics; 0 when already set
+    switch_ms: float  # setting the thread count and width, loading banked BN statistics (re-folding them: in the model call); 0 when already set
     switched: bool  # this frame runs another configuration (width, scale or thread count) than the previous one
     within_budget: bool
     metric_value: float  # the running configuration's metric (e.g. box AP) in the latency table

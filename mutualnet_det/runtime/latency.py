@@ -196,7 +196,9 @@ def check_sweep_matches_model(cfg, model: nn.Module, sweep: Sequence[Dict], imag
 def measure_switch(model: nn.Module, configurations: Sequence[Configuration], warmup: int = 2,
                    repeats: int = 20, timer: Callable = time_call) -> Dict[str, float]:
     """time_call statistics (ms) of one switch: set the width, load the banked BN statistics and
-    set the proposal count, cycling through `configurations` so every call changes configuration."""
+    set the proposal count, cycling through `configurations` so every call changes configuration.
+    The norms' re-fold into the convolutions (MUTUALNET.TEST.FOLD_NORMS) happens in the next model
+    call, not here."""
     cycle = itertools.cycle(configurations if len(configurations) > 1 else list(configurations) * 2)
     return timer(lambda: apply_configuration(model, next(cycle)), model_device(model), warmup, repeats)
 

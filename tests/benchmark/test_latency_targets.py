@@ -75,6 +75,8 @@ def round_of(scale_times):
     base = table()
     for r, factor in zip(base["configurations"], scale_times):
         r["latency_ms"] *= factor
+        r.update(latency_iqr_ms=factor, latency_min_ms=0.9 * r["latency_ms"], latency_max_ms=1.2 * r["latency_ms"],
+                 latency_calls=24)
     return {**base, "metric": ["bbox", "AP"]}
 
 
@@ -88,6 +90,11 @@ def test_rounds_are_merged_by_the_median_of_each_configuration_and_the_front_rec
     by_key = {(r["width"], r["resolution_scale"], r["proposals"], r["threads"]): r for r in merged["configurations"]}
     assert by_key[(1.0, 1.0, 100, 1)]["latency_ms"] == 200.0  # median of 200, 300, 200
     assert by_key[(1.0, 1.0, 100, 1)]["latency_rounds_ms"] == [200.0, 300.0, 200.0]
+    # the other statistics over all rounds: min of the mins, max of the maxes, median IQR, calls summed
+    assert by_key[(1.0, 1.0, 100, 1)]["latency_min_ms"] == pytest.approx(180.0)
+    assert by_key[(1.0, 1.0, 100, 1)]["latency_max_ms"] == pytest.approx(360.0)
+    assert by_key[(0.25, 0.571, 20, 1)]["latency_iqr_ms"] == 1.0  # median of 1, 1, 2
+    assert by_key[(0.25, 0.571, 20, 1)]["latency_calls"] == 72
     assert by_key[(0.25, 0.571, 20, 1)]["latency_ms"] == 24.0  # median of 24, 24, 48
     assert merged["front"] == pareto_front([r for r in merged["configurations"] if r["threads"] == 1],
                                            ("bbox", "AP"), cost="latency_ms")

@@ -121,3 +121,15 @@ def test_cached_anchors_are_detectron2s_for_each_grid_and_rebuilt_only_for_a_new
     monkeypatch.setattr(CachedAnchorGenerator, "MAX_ENTRIES", 2)
     generator(level_features([(5, 5)]))  # a third grid: the cache starts over
     assert len(generator._anchor_cache) == 1
+
+
+def test_anchors_made_under_inference_mode_are_detectron2s_and_not_cached():
+    """Cell anchors made under torch.inference_mode have no version counter to key the cache on."""
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        generator = build_model(tiny_cfg()).eval().proposal_generator.anchor_generator
+        sizes = [(8, 10), (4, 5), (2, 3)]
+        got = generator(level_features(sizes))
+        expected = DefaultAnchorGenerator.forward(generator, level_features(sizes))
+    assert all(torch.equal(g.tensor, e.tensor) for g, e in zip(got, expected))
+    assert not generator.__dict__.get("_anchor_cache")

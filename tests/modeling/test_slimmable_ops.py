@@ -477,6 +477,25 @@ def test_folded_weights_follow_the_width_the_statistics_the_weights_device_and_d
     with torch.no_grad():
         assert conv(x).dtype == torch.float64
     check()
+    conv.norm.eps = 0.5  # not a tensor: keyed on its own
+    check()
+    conv.norm.running_var.data.mul_(2.0)  # .data bypasses the version counter: fold_norms drops the cache
+    slimmable_ops.fold_norms(conv)
+    check()
+
+
+def test_a_layer_made_under_inference_mode_folds_at_every_pass_without_caching():
+    """Inference tensors have no version counter to key a cache on: the layer still folds, and
+    follows in-place changes of its statistics."""
+    with torch.inference_mode():
+        conv = folding_conv(trained(SlimmableBatchNorm2d(32)), bias=True)
+        x = torch.randn(1, 16, 9, 11, generator=torch.Generator().manual_seed(9))
+        for width in (1.0, 0.5):
+            conv.set_active_width(width)
+            torch.testing.assert_close(conv(x), unfolded(conv, x), rtol=1e-5, atol=1e-5)
+            conv.norm.running_mean.add_(1.0)
+            torch.testing.assert_close(conv(x), unfolded(conv, x), rtol=1e-5, atol=1e-5)
+        assert "_inference_cache" not in conv.__dict__
 
 
 def test_training_gradients_and_tracing_run_the_norm_as_it_is(monkeypatch):
@@ -488,7 +507,8 @@ def test_training_gradients_and_tracing_run_the_norm_as_it_is(monkeypatch):
     with torch.no_grad():
         conv(x)  # training mode (BN calibration): batch statistics
     conv.eval()
-    torch.jit.trace(conv, (x,), check_trace=False)  # exports keep the norm as a layer
+    with torch.no_grad():  # exports (and fvcore's count) trace without gradients: the norm stays a layer
+        torch.jit.trace(conv, (x,), check_trace=False)
     assert calls == [32, 32, 32]
     conv.fold_norm = False
     with torch.no_grad():
