@@ -19,7 +19,7 @@ memory of single, usnet and mutualnet. Writes JSON and Markdown to benchmarks/re
         # where inference time goes at each width (backbone, RPN, poolers, heads, NMS, mask
         # pasting) for a trained config (default: the main job's MutualNet, MODEL.WEIGHTS or
         # <OUTPUT_DIR>/model_final.pth; --weights W): stages_*.{json,md}
-    python tools/benchmark.py --export [--widths 1.0 0.25] [--num-images 8]
+    python tools/benchmark.py --export [--widths 1.0 0.25] [--threads 1] [--num-images 8]
         # stock Detectron2, the slimmable model, the frozen width, TorchScript and ONNX Runtime,
         # image to Instances, for the same trained config: export_latency_*.{json,md}
     python tools/benchmark.py --targets [--sweep S/width_sweep.json] [--threads 1] [--num-images 8] [--rounds 3]
@@ -75,12 +75,14 @@ def main():
     parser.add_argument("--stages", action="store_true",
                         help="only inference time by stage at each width (--widths, --threads, --num-images, --scale)")
     parser.add_argument("--export", action="store_true",
-                        help="only deployment latency: stock Detectron2, slimmable, frozen, TorchScript, ONNX Runtime")
+                        help="only deployment latency: stock Detectron2, slimmable, frozen, TorchScript, ONNX Runtime "
+                             "(--widths, --threads: one count, --num-images)")
     parser.add_argument("--targets", action="store_true",
                         help="only the latency targets of a trained model's sweep (--sweep, --threads, --num-images)")
     parser.add_argument("--sweep", help="width_sweep.json to time (--targets; default: the model's own)")
     parser.add_argument("--widths", type=float, nargs="+", help="widths (--stages: 1.0 0.5 0.25; --export: 1.0 0.25)")
-    parser.add_argument("--threads", type=int, nargs="+", metavar="N", help="torch thread counts (default: current)")
+    parser.add_argument("--threads", type=int, nargs="+", metavar="N",
+                        help="torch thread counts (default: current; --export: one count, ONNX Runtime's too)")
     parser.add_argument("--num-images", type=int, default=8, help="validation images per width, each timed 3 times (--stages)")
     parser.add_argument("--scale", type=float, default=1.0, help="resolution scale (--stages)")
     parser.add_argument("--rounds", type=int, default=3,
@@ -91,6 +93,8 @@ def main():
     if args.stages or args.export:
         config = args.config_file if args.config_file != DEFAULT_CONFIG else MAIN_JOB_CONFIG
         widths = args.widths or ([1.0, 0.5, 0.25] if args.stages else [1.0, 0.25])
+        if args.export and args.threads and len(args.threads) > 1:
+            parser.error(f"--export times every runtime at one thread count: give one --threads value, not {args.threads}")
         try:
             cfg, model = load_trained(config, ["MODEL.DEVICE", "cpu" if args.export else args.device], args.weights)
             check_banked(model, [(width, args.scale if args.stages else 1.0) for width in widths])
@@ -98,8 +102,9 @@ def main():
             parser.error(str(error))
         images = validation_images(cfg, args.num_images)
         if args.export:
+            rows = export_latency_benchmark(cfg, model, images, widths, threads=args.threads and args.threads[0])
             report = new_report("cpu", config, weights=shown_path(cfg.MODEL.WEIGHTS), num_images=args.num_images,
-                                repeats_per_image=3, export_latency=export_latency_benchmark(cfg, model, images, widths))
+                                repeats_per_image=3, export_latency=rows)
             write_report(report, args.output, "export_latency_", export_latency_markdown)
             return
         records = profile_stages(cfg, model, images, widths, args.scale, args.threads, repeats_per_image=3)

@@ -1,6 +1,7 @@
 """The deployment latency benchmark's rows: every runtime at every width (stock Detectron2 at
 width 1.0 only), each timed through a predictor that returns detections, ratios to stock by hand."""
 import pytest
+import torch
 
 pytest.importorskip("onnxruntime")
 
@@ -20,7 +21,17 @@ def test_rows_per_runtime_and_width_with_ratios_to_stock():
         value = float(next(fake_ms))
         return {"median_ms": value, "min_ms": value, "max_ms": value, "iqr_ms": 0.0, "repeats": repeats}
 
-    rows = export_latency_benchmark(cfg, model, images, widths=(1.0, 0.25), timer=timer)
+    threads_before = torch.get_num_threads()
+    wanted = 2 if threads_before == 1 else 1  # not the current count: the test sees it set and restored
+    seen_threads = []
+
+    def timer(function, device, warmup, repeats, simulated=timer):  # also records the thread count each ran at
+        seen_threads.append(torch.get_num_threads())
+        return simulated(function, device, warmup, repeats)
+
+    rows = export_latency_benchmark(cfg, model, images, widths=(1.0, 0.25), timer=timer, threads=wanted)
+    assert seen_threads == [wanted] * len(rows) and {r["threads"] for r in rows} == {wanted}
+    assert torch.get_num_threads() == threads_before  # restored after the run
     assert [(r["runtime"], r["width"]) for r in rows] == [("stock Detectron2", 1.0)] + \
         [(runtime, width) for width in (1.0, 0.25) for runtime in RUNTIMES[1:]]
     assert [r["of_stock"] for r in rows] == pytest.approx([r["median_ms"] / 10.0 for r in rows])
@@ -29,4 +40,10 @@ def test_rows_per_runtime_and_width_with_ratios_to_stock():
     assert detections[1:5] == [detections[1]] * 4  # width 1.0: the four runtimes agree on the count
     text = export_latency_markdown({"date": "d", "device_name": "cpu", "config": "c", "weights": "w", "num_images": 2,
                                     "repeats_per_image": 3, "export_latency": rows})
+    assert f"every runtime at {wanted} thread(s)" in text
     assert "| stock Detectron2 | 10.0 (1.00) | - |" in text and "| ONNX Runtime | 50.0 (5.00) | 90.0 (9.00) |" in text
+
+
+def test_rejects_no_threads():
+    with pytest.raises(ValueError, match="threads=0"):
+        export_latency_benchmark(None, None, [], threads=0)

@@ -82,3 +82,10 @@ def test_query_table_checks_the_budget_before_writing(tmp_path, monkeypatch):
         run_tool("query_table", [MAIN_JOB_SWEEP, "--budget", "0.001", "-o", str(output)], monkeypatch)
     assert str(exit_info.value.code).startswith("error: budget 0.001 GFLOPs is below the cheapest configuration")
     assert not output.exists()
+
+
+def test_export_benchmark_refuses_several_thread_counts_before_any_work(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_tool("benchmark", ["--export", "--threads", "1", "2", "--weights", "does/not/exist.pth"], monkeypatch)
+    assert exit_info.value.code == 2  # argparse's usage error, raised before the (missing) weights are read
+    assert "--export times every runtime at one thread count: give one --threads value, not [1, 2]" in capsys.readouterr().err
