@@ -21,7 +21,7 @@ memory of single, usnet and mutualnet. Writes JSON and Markdown to benchmarks/re
         # <OUTPUT_DIR>/model_final.pth; --weights W): stages_*.{json,md}
     python tools/benchmark.py --export [--widths 1.0 0.25] [--threads 1] [--num-images 8]
         # stock Detectron2, the slimmable model, the frozen width, TorchScript and ONNX Runtime,
-        # image to Instances, for the same trained config: export_latency_*.{json,md}
+        # image to Instances, for the same trained config: export_latency_threads<N>_*.{json,md}
     python tools/benchmark.py --targets [--sweep S/width_sweep.json] [--threads 1] [--num-images 8] [--rounds 3]
         # every configuration of a trained model's sweep (width, scale, proposals) timed in one run:
         # width 0.25 / 1.0, the cheapest configuration within 1 box AP of width 0.25, the front's
@@ -45,7 +45,7 @@ from mutualnet_det.benchmark.training import (METHODS, heads_training_benchmark,
                                               roi_align_benchmark, training_benchmark)
 from mutualnet_det.checkpoint import CheckpointError
 from mutualnet_det.engine.precision import cpu_has_fast_bfloat16
-from mutualnet_det.runtime.latency import check_banked, load_trained, validation_images
+from mutualnet_det.runtime.latency import check_banked, load_trained, torch_threads, validation_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "configs", "Shapes", "mutualnet_mask_rcnn_R_18_FPN.yaml")
@@ -88,6 +88,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=3,
                         help="times every configuration is timed, in turn (--targets; the median of the rounds counts)")
     args = parser.parse_args()
+    if args.threads and min(args.threads) < 1:
+        parser.error(f"--threads {' '.join(map(str, args.threads))}: every thread count must be at least 1")
     if args.targets:
         return latency_targets(parser, args)
     if args.stages or args.export:
@@ -102,10 +104,12 @@ def main():
             parser.error(str(error))
         images = validation_images(cfg, args.num_images)
         if args.export:
-            rows = export_latency_benchmark(cfg, model, images, widths, threads=args.threads and args.threads[0])
-            report = new_report("cpu", config, weights=shown_path(cfg.MODEL.WEIGHTS), num_images=args.num_images,
-                                repeats_per_image=3, export_latency=rows)
-            write_report(report, args.output, "export_latency_", export_latency_markdown)
+            threads = (args.threads or [torch.get_num_threads()])[0]
+            with torch_threads(threads):  # the report's device line names the count the runtimes ran at
+                rows = export_latency_benchmark(cfg, model, images, widths, threads=threads)
+                report = new_report("cpu", config, weights=shown_path(cfg.MODEL.WEIGHTS), num_images=args.num_images,
+                                    repeats_per_image=3, export_latency=rows)
+            write_report(report, args.output, f"export_latency_threads{threads}_", export_latency_markdown)
             return
         records = profile_stages(cfg, model, images, widths, args.scale, args.threads, repeats_per_image=3)
         report = new_report(args.device, config, weights=shown_path(cfg.MODEL.WEIGHTS), num_images=args.num_images,

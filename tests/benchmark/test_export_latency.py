@@ -5,13 +5,14 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
+from mutualnet_det.benchmark import export as export_module  # noqa: E402
 from mutualnet_det.benchmark.export import RUNTIMES, export_latency_benchmark, export_latency_markdown  # noqa: E402
 from mutualnet_det.runtime.latency import validation_images  # noqa: E402
 
 from deploy.test_freeze import trained_like  # noqa: E402
 
 
-def test_rows_per_runtime_and_width_with_ratios_to_stock():
+def test_rows_per_runtime_and_width_with_ratios_to_stock(monkeypatch):
     cfg, model = trained_like(18)
     images = validation_images(cfg, 2)
     outputs, fake_ms = [], iter(range(10, 200, 10))
@@ -23,7 +24,15 @@ def test_rows_per_runtime_and_width_with_ratios_to_stock():
 
     threads_before = torch.get_num_threads()
     wanted = 2 if threads_before == 1 else 1  # not the current count: the test sees it set and restored
-    seen_threads = []
+    seen_threads, session_threads = [], []
+
+    class RecordingPredictor(export_module.ExportedPredictor):  # the ONNX Runtime session's own setting
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if self.backend == "onnxruntime":
+                session_threads.append(int(self.session.get_session_options().intra_op_num_threads))
+
+    monkeypatch.setattr(export_module, "ExportedPredictor", RecordingPredictor)
 
     def timer(function, device, warmup, repeats, simulated=timer):  # also records the thread count each ran at
         seen_threads.append(torch.get_num_threads())
@@ -31,6 +40,7 @@ def test_rows_per_runtime_and_width_with_ratios_to_stock():
 
     rows = export_latency_benchmark(cfg, model, images, widths=(1.0, 0.25), timer=timer, threads=wanted)
     assert seen_threads == [wanted] * len(rows) and {r["threads"] for r in rows} == {wanted}
+    assert session_threads == [wanted, wanted]  # one ONNX Runtime session per width
     assert torch.get_num_threads() == threads_before  # restored after the run
     assert [(r["runtime"], r["width"]) for r in rows] == [("stock Detectron2", 1.0)] + \
         [(runtime, width) for width in (1.0, 0.25) for runtime in RUNTIMES[1:]]
@@ -47,3 +57,17 @@ def test_rows_per_runtime_and_width_with_ratios_to_stock():
 def test_rejects_no_threads():
     with pytest.raises(ValueError, match="threads=0"):
         export_latency_benchmark(None, None, [], threads=0)
+
+
+def test_the_thread_count_is_restored_when_a_runtime_fails():
+    cfg, model = trained_like(18)
+    images = validation_images(cfg, 1)
+    threads_before = torch.get_num_threads()
+
+    def failing_timer(function, device, warmup, repeats):
+        assert torch.get_num_threads() != threads_before
+        raise RuntimeError("runtime failed")
+
+    with pytest.raises(RuntimeError, match="runtime failed"):
+        export_latency_benchmark(cfg, model, images, timer=failing_timer, threads=2 if threads_before == 1 else 1)
+    assert torch.get_num_threads() == threads_before

@@ -89,3 +89,11 @@ def test_export_benchmark_refuses_several_thread_counts_before_any_work(monkeypa
         run_tool("benchmark", ["--export", "--threads", "1", "2", "--weights", "does/not/exist.pth"], monkeypatch)
     assert exit_info.value.code == 2  # argparse's usage error, raised before the (missing) weights are read
     assert "--export times every runtime at one thread count: give one --threads value, not [1, 2]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["--export", "--stages", "--targets"])
+def test_benchmark_refuses_a_thread_count_below_one_before_any_work(mode, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_tool("benchmark", [mode, "--threads", "2", "0", "--weights", "does/not/exist.pth"], monkeypatch)
+    assert exit_info.value.code == 2
+    assert "--threads 2 0: every thread count must be at least 1" in capsys.readouterr().err
