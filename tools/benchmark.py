@@ -105,8 +105,8 @@ def main():
         images = validation_images(cfg, args.num_images)
         if args.export:
             threads = (args.threads or [torch.get_num_threads()])[0]
-            with torch_threads(threads):  # the report's device line names the count the runtimes ran at
-                rows = export_latency_benchmark(cfg, model, images, widths, threads=threads)
+            with torch_threads(threads):  # every runtime runs at it, and the report's device line names it
+                rows = export_latency_benchmark(cfg, model, images, widths)
                 report = new_report("cpu", config, weights=shown_path(cfg.MODEL.WEIGHTS), num_images=args.num_images,
                                     repeats_per_image=3, export_latency=rows)
             write_report(report, args.output, f"export_latency_threads{threads}_", export_latency_markdown)

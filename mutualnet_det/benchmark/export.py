@@ -3,9 +3,10 @@ exported to TorchScript and run in ONNX Runtime, on the same validation images, 
 
 Every runtime is timed the same way: from a BGR image of original size to Instances in its
 coordinates (test resize, model, postprocess and mask pasting included), one image per call,
-at one thread count for all (torch's, and as many ONNX Runtime intra-op threads). "stock Detectron2" is
-Detectron2's GeneralizedRCNN with the stock ResNet-FPN, its own RoI pooling and mask pasting,
-holding the slimmable model's width-1.0 weights: the model a Detectron2 user would deploy.
+at one thread count for all (torch's, and as many ONNX Runtime intra-op threads). "stock
+Detectron2" is Detectron2's GeneralizedRCNN with the stock ResNet-FPN, its own RoI pooling and
+mask pasting, holding the slimmable model's width-1.0 weights: the model a Detectron2 user would
+deploy.
 """
 import itertools
 import os
